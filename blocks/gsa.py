@@ -148,9 +148,9 @@ class GSA(MapsMixin, nn.Module):
         self.key = nn.Conv2d(channels, heads * key_dim, 1, bias=False)
         self.value = nn.Conv2d(channels, heads * value_dim, 1, bias=False)
         if positional:
-            # half: the largest |offset| kept; the tables hold offsets -half..half.
-            self.half = (rel_length - 1) // 2 if rel_length is not None else max_len - 1
-            rows = 2 * self.half + 1
+            # max_offset: the largest |offset| kept; the tables hold offsets -max_offset..max_offset.
+            self.max_offset = (rel_length - 1) // 2 if rel_length is not None else max_len - 1
+            rows = 2 * self.max_offset + 1
             self.rel_col = nn.Parameter(torch.randn(rows, key_dim) * key_dim ** -0.5)  # r^col, along H
             self.rel_row = nn.Parameter(torch.randn(rows, key_dim) * key_dim ** -0.5)  # r^row, along W
             self.norm = nn.BatchNorm2d(heads * value_dim)  # between the column and the row step
@@ -185,7 +185,7 @@ class GSA(MapsMixin, nn.Module):
                 f"relative embeddings (2*max_len-1 = {2 * self.max_len - 1} offsets) cover; build it "
                 f"with a larger max_len or a finite rel_length"
             )
-        return relative_embedding_matrix(table, n, self.half)
+        return relative_embedding_matrix(table, n, self.max_offset)
 
     def _weights(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if not self.positional_softmax:

@@ -16,9 +16,11 @@ names only the block gets the paper's insertion.
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 SLOTS = ("gate", "after_block", "stage_end", "replace_conv")
@@ -156,8 +158,35 @@ def validate(name: str, params: dict[str, Any]) -> None:
 _VALID: set[tuple[str, str]] = set()
 
 
+class InputCheck:
+    """Forward pre-hook installed by :func:`create`: the input must be ``(N, channels, H, W)``.
+
+    Without it a 3-D ``(C, H, W)`` tensor fails deep inside a block (or, for element-wise
+    blocks, silently broadcasts to a wrong shape).  A class, not a closure, so a block with the
+    hook still pickles.
+    """
+
+    def __init__(self, name: str, channels: int):
+        self.name, self.channels = name, channels
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not args:  # called with keywords only: nothing positional to check
+            return
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"attention {self.name!r}: expected a tensor (N, C={self.channels}, H, W), "
+                            f"got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"attention {self.name!r}: expected input (N, C, H, W) with C={self.channels}, "
+                             f"got shape {tuple(x.shape)}")
+
+
 def create(name: str, channels: int, **params: Any) -> nn.Module:
-    """Build the stage block ``name`` for ``channels`` input channels."""
+    """Build the stage block ``name`` for ``channels`` input channels.
+
+    The block gets an :class:`InputCheck` forward pre-hook: a wrong rank or channel count raises
+    a one-line ``ValueError`` naming the block, the expected shape and the shape received.
+    """
     entry = get(name)
     if entry.kind != "stage":
         raise TypeError(
@@ -165,6 +194,9 @@ def create(name: str, channels: int, **params: Any) -> nn.Module:
             f"use blocks.build_model(..., attention={{'kind': {name!r}, ...}})"
         )
     check_params(name, params)
-    if not isinstance(channels, int) or channels <= 0:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
-    return entry.cls(channels, **params)
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels <= 0:
+        raise ValueError(f"attention {name!r}: channels must be a positive int, got {channels!r}")
+    channels = int(channels)
+    block = entry.cls(channels, **params)
+    block.register_forward_pre_hook(InputCheck(name, channels))
+    return block

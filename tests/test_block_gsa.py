@@ -121,9 +121,9 @@ def _shift_module(col_offset: int, row_offset: int) -> GSA:
         m.value.weight.copy_(torch.eye(4, dtype=torch.float64)[:, :, None, None])
         m.norm.running_var.fill_(1.0 - m.norm.eps)
         m.rel_col.zero_()
-        m.rel_col[m.half + col_offset] = 1.0
+        m.rel_col[m.max_offset + col_offset] = 1.0
         m.rel_row.zero_()
-        m.rel_row[m.half + row_offset] = 1.0
+        m.rel_row[m.max_offset + row_offset] = 1.0
     return m
 
 
