@@ -13,15 +13,27 @@ Sub-sampling (Sec. 3.3): "adding a max pooling layer after φ and g" (2×2 in sp
 values come from HW' ≈ HW/4 positions.  We follow the paper's text: conv, then pool (a popular
 PyTorch port does the same).  The official Caffe2 code (facebookresearch/video-nonlocal-net,
 ``nonlocal_helper.py``) instead pools ``x`` once and applies the φ and g convs to the pooled
-input; the two differ because a max-pool does not commute with a 1×1 conv.  The Caffe2 pool
-uses no padding, so an odd H or W drops the last row/column; we use ``ceil_mode=True`` so every
-position is covered by some window (odd H, W and H or W = 1 all work: ⌈H/2⌉ × ⌈W/2⌉ keys).
+input; the two differ because a max-pool does not commute with a 1×1 conv.  Odd sizes: the
+official code's pool has no padding and rounds down, and so does the popular port
+(``nn.MaxPool2d(2)``); we follow them (floor, ``ceil_mode=False``), so a 7×7 map has 3×3 keys
+and its last row and column never become keys (they are still queries).  A side of length 1
+cannot be pooled by a 2-window; there we pool with a window of 1 along that side
+(H = 1: 1 × ⌊W/2⌋ keys; 1×1 maps: one key).
 
 Scale: Eq. 3 has no scale; the official Caffe2 code multiplies θᵀφ by C'^-½ (``USE_SCALE``),
 the popular port does not.  ``scale=False`` (default) follows the paper; ``scale=True`` the
-official code.  The 1×1 convs carry biases, as in both codes.  The official code also uses
-Gaussian(0.01) conv init; we keep PyTorch's default init (only the BN γ = 0 matters for the
-identity start).
+official code.  The official code also uses Gaussian(0.01) conv init; we keep PyTorch's default
+init (only the BN γ = 0 matters for the identity start).
+
+Dead parameters, kept on purpose.  The 1×1 convs carry biases, as in both reference codes, so
+parameter counts match theirs; three of them cannot change the function:
+
+* ``phi.bias`` — adds θ_iᵀ b_φ to every logit of query i, a constant along the softmax's key
+  axis j, so the softmax removes it (its gradient is exactly 0);
+* ``g.bias`` and ``out.bias`` — each adds a per-channel constant to W_z y (the softmax rows sum
+  to 1, so b_g passes through as W_z b_g), right before a BatchNorm that subtracts the batch
+  mean in training: no effect on the training output, gradient 0.  (In eval mode they shift
+  the running mean equally, so they cancel there too once the statistics have been learnt.)
 
 Parameters at C' = C/2: θ, φ, g: 3 (C·C' + C') ; W_z: C'·C + C ; BN: 2C  →  2C² + 4.5C
 (132,224 at C = 256).
@@ -82,7 +94,8 @@ class NonLocal(MapsMixin, nn.Module):
     def _pool(self, t: torch.Tensor) -> torch.Tensor:
         if not self.subsample:
             return t
-        return F.max_pool2d(t, 2, 2, ceil_mode=True)  # (N, C', ⌈H/2⌉, ⌈W/2⌉)
+        kh, kw = min(2, t.shape[-2]), min(2, t.shape[-1])  # a side of 1 is pooled by 1
+        return F.max_pool2d(t, (kh, kw), (kh, kw))  # (N, C', ⌊H/2⌋, ⌊W/2⌋)   floor, as the official code
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -13,9 +13,6 @@ from blocks.maps import capture_maps, query_map
 SIZES = [(2, 8, 5, 3), (2, 8, 1, 7), (1, 8, 4, 6), (1, 8, 7, 1)]
 
 
-
-
-
 def naive_nonlocal(m, x: torch.Tensor) -> torch.Tensor:
     """Eq. 1 + 3 with explicit loops: z_i = BN(W_z Σ_j softmax_j(θ_iᵀφ_j) g_j) + x_i."""
     sd = {k: v.tolist() for k, v in m.state_dict().items() if v.dim() > 0}
@@ -28,14 +25,13 @@ def naive_nonlocal(m, x: torch.Tensor) -> torch.Tensor:
         theta = {p: conv1x1(sd["theta.weight"], sd["theta.bias"], v) for p, v in pix.items()}
         phi = {p: conv1x1(sd["phi.weight"], sd["phi.bias"], v) for p, v in pix.items()}
         g = {p: conv1x1(sd["g.weight"], sd["g.bias"], v) for p, v in pix.items()}
-        if m.subsample:  # 2×2 max-pool after φ and g; windows may hang over odd edges
+        if m.subsample:  # 2×2 max-pool after φ and g, floor: an odd last row/column is dropped
+            ph, pw = min(2, h_), min(2, w_)  # a side of length 1 is pooled by a window of 1
             keys = []
-            for a in range(math.ceil(h_ / 2)):
-                for b in range(math.ceil(w_ / 2)):
-                    rows = [r for r in (2 * a, 2 * a + 1) if r < h_]
-                    cols = [s for s in (2 * b, 2 * b + 1) if s < w_]
-                    win = [(r, s) for r in rows for s in cols]
-                    cp = len(theta[(0, 0)])
+            cp = len(theta[(0, 0)])
+            for a in range(h_ // ph):
+                for b in range(w_ // pw):
+                    win = [(ph * a + i, pw * b + j) for i in range(ph) for j in range(pw)]
                     keys.append(
                         (
                             [max(phi[q][c] for q in win) for c in range(cp)],
@@ -60,7 +56,7 @@ def naive_nonlocal(m, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("subsample,scale", [(True, False), (False, True)])
-@pytest.mark.parametrize("shape", SIZES[:2])
+@pytest.mark.parametrize("shape", SIZES[:2] + [(1, 8, 7, 7)])
 def test_matches_naive_loop(shape, subsample, scale):
     torch.manual_seed(1)
     m = randomise_bn(blocks.create("nonlocal", shape[1], subsample=subsample, scale=scale)).double()
@@ -68,7 +64,40 @@ def test_matches_naive_loop(shape, subsample, scale):
     got = m(x)
     want = naive_nonlocal(m, x)
     assert not torch.allclose(got, x)  # the attention path contributes
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)  # float64: the same math
+
+
+def test_odd_map_pools_with_floor_like_the_official_code():
+    """7×7 → 3×3 keys (the official code and the common port; ceil mode would give 4×4), and the
+    output equals the naive loop that pools only the full 2×2 windows."""
+    torch.manual_seed(4)
+    m = randomise_bn(blocks.create("nonlocal", 8)).double()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    with capture_maps(m) as maps:
+        got = m(x)
+    assert tuple(int(v) for v in maps["key_hw"]) == (3, 3)
+    assert maps["affinity"].shape == (2, 49, 9)
+    torch.testing.assert_close(got, naive_nonlocal(m, x), rtol=1e-10, atol=1e-10)
+    # the last row and column are never keys: changing x there moves no other position's
+    # output; they are still queries, so their own outputs move
+    x2 = x.clone()
+    x2[:, :, 6, :] += 10.0
+    x2[:, :, :, 6] += 10.0
+    y2 = m(x2)
+    torch.testing.assert_close(y2[:, :, :6, :6], got[:, :, :6, :6], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(y2[:, :, 6, :], got[:, :, 6, :])
+
+
+def test_dead_parameters_have_zero_gradient_in_training():
+    """phi.bias (softmax-invariant), g.bias and out.bias (constant before a training BN)."""
+    torch.manual_seed(5)
+    m = randomise_bn(blocks.create("nonlocal", 8)).double().train()
+    x = torch.randn(2, 8, 5, 3, dtype=torch.float64)
+    m(x).square().sum().backward()
+    live = m.theta.bias.grad.abs().max().item()
+    assert live > 1e-3
+    for name in ("phi.bias", "g.bias", "out.bias"):  # zero up to float64 rounding
+        assert m.get_parameter(name).grad.abs().max().item() < 1e-9 * live, name
 
 
 @pytest.mark.parametrize("c", [8, 16, 64, 256])
@@ -96,7 +125,7 @@ def test_gradients_flow():
         assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("subsample,key_hw", [(True, (3, 2)), (False, (5, 3))])
+@pytest.mark.parametrize("subsample,key_hw", [(True, (2, 1)), (False, (5, 3))])
 def test_maps(subsample, key_hw):
     m = randomise_bn(blocks.create("nonlocal", 8, subsample=subsample))
     x = torch.randn(2, 8, 5, 3)
