@@ -293,3 +293,213 @@ def finish_parent(uri: str, run_id: str, ok: bool, metrics: Mapping[str, float] 
         client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     client.set_tag(run_id, STATUS_TAG, "finished" if ok else "failed")
     client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+# ---------------------------------------------------------------------------------------------
+# claims, reports and UI links
+# ---------------------------------------------------------------------------------------------
+
+CLAIM_TAG = "attnlab.claim"  # the claim id: one active run per claim in the claims experiment
+CLAIM_HASH_TAG = "attnlab.claim.hash"  # content hash: an unchanged claim is not written again
+CLAIM_STATE_TAG = "attnlab.claim.state"  # active | removed (the claim left the registry)
+SOURCE_TAG = "source"  # "paper" on claim runs
+
+
+def is_server_uri(uri: str | None) -> bool:
+    return bool(uri) and uri.startswith(("http://", "https://"))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` (one line) unless ``uri`` answers: a server's ``/health``, or a
+    local store that exists.  MLflow's client would otherwise retry for minutes."""
+    import urllib.error
+    import urllib.request
+
+    if is_server_uri(uri):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+                raise ConnectionError(f"MLflow server {uri} answered /health with HTTP {r.status}")
+        except urllib.error.HTTPError as e:
+            raise ConnectionError(f"MLflow server {uri} answered /health with HTTP {e.code}") from None
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConnectionError(f"MLflow server {uri} is not reachable: {reason}") from None
+    if uri.startswith("sqlite:///"):
+        if not Path(uri[len("sqlite:///"):]).is_file():
+            raise ConnectionError(f"no MLflow database at {uri[len('sqlite:///'):]}")
+        return
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if "://" in uri and not uri.startswith("file://"):
+        return  # another backend (databricks, postgres…): let MLflow itself judge
+    if not path.is_dir():
+        raise ConnectionError(f"no MLflow file store at {path}")
+
+
+def _experiment_id(client: MlflowClient, experiment_name_or_id: str) -> str | None:
+    ref = str(experiment_name_or_id)
+    if ref.isdigit():
+        return ref
+    exp = client.get_experiment_by_name(ref)
+    return exp.experiment_id if exp is not None else None
+
+
+def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI address of an experiment's training-runs table (or of one run's page).
+
+    MLflow 3 opens an experiment in its GenAI (traces) view unless the URL asks for
+    ``workflowType=machine_learning``; this address always does.  A local store (SQLite or a
+    folder) has no UI server: the answer then says so and gives the command that starts one,
+    with the address to open once it runs.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp_id = _experiment_id(client, experiment_name_or_id)
+    except Exception:  # noqa: BLE001 - an unreachable server: the name stays unresolved
+        exp_id = None
+    where = exp_id if exp_id is not None else f"<id of experiment {experiment_name_or_id!r}>"
+    page = f"#/experiments/{where}/runs" + (f"/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+    if is_server_uri(tracking_uri):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    store = tracking_uri if "://" in tracking_uri else Path(tracking_uri).resolve().as_uri()
+    return (f"no MLflow UI server behind {tracking_uri} (a local store); start one with "
+            f"`mlflow server --backend-store-uri {store} --host 127.0.0.1 --port 5000 --workers 1`, "
+            f"then open http://127.0.0.1:5000/{page}")
+
+
+def compare_url(tracking_uri: str, experiment_ids: Iterable[str], run_ids: Iterable[str]) -> str:
+    """MLflow's compare-runs page for ``run_ids`` (a server URI only)."""
+    import json
+    import urllib.parse
+
+    runs = urllib.parse.quote(json.dumps(list(run_ids), separators=(",", ":")))
+    exps = urllib.parse.quote(json.dumps([str(e) for e in experiment_ids], separators=(",", ":")))
+    return f"{tracking_uri.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
+def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
+                    key_tag: str = CLAIM_TAG) -> dict[str, dict[str, str]]:
+    """Make ``experiment`` hold exactly one active, FINISHED run per record; idempotent.
+
+    A record is ``{"key", "run_name", "params", "metrics", "tags"}`` (params/tags: str -> str,
+    metrics: str -> float).  Per key the run is found by its ``key_tag`` tag and:
+
+    * ``created``   — no run yet;
+    * ``unchanged`` — same content hash, active: nothing is written (a second sync is a no-op);
+    * ``updated``   — same params, other metrics/tags/name: re-logged on the same run;
+    * ``replaced``  — params changed (MLflow params are immutable): the old run is tagged
+      ``attnlab.claim.state=replaced`` and deleted (restorable), a new run takes its place;
+    * ``removed``   — a run whose key is no longer in ``records``: tagged
+      ``attnlab.claim.state=removed`` and its status set to KILLED (kept, not deleted).
+
+    Returns ``{action: {key: run_id}}``.
+    """
+    import hashlib
+    import json
+    import time
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{key_tag}` != ''", max_results=50_000)
+    by_key: dict[str, Any] = {}
+    for r in sorted(found, key=lambda r: r.info.start_time):
+        key = r.data.tags.get(key_tag)
+        if key in by_key:  # a second run for one key (an interrupted sync): keep the oldest
+            client.set_tag(r.info.run_id, CLAIM_STATE_TAG, "duplicate")
+            client.delete_run(r.info.run_id)
+            continue
+        by_key[key] = r
+    out: dict[str, dict[str, str]] = {a: {} for a in ("created", "unchanged", "updated", "replaced", "removed")}
+
+    def content_hash(rec: Mapping[str, Any]) -> str:
+        blob = json.dumps({"name": rec["run_name"], "params": rec["params"], "metrics": rec["metrics"],
+                           "tags": rec["tags"]}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def write(run_id: str, rec: Mapping[str, Any], h: str, params: bool) -> None:
+        ts = int(time.time() * 1000)
+        tags = {**rec["tags"], key_tag: rec["key"], CLAIM_HASH_TAG: h, CLAIM_STATE_TAG: "active"}
+        ps = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in rec["params"].items()] if params else []
+        ms = [Metric(k, float(v), ts, 0) for k, v in rec["metrics"].items()]
+        ts_ = [RunTag(k, str(v)) for k, v in tags.items()] + [RunTag("mlflow.runName", rec["run_name"])]
+        for i in range(0, max(len(ps), len(ms), len(ts_)), 100):
+            client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100], tags=ts_[i:i + 100],
+                             synchronous=True)
+        client.set_terminated(run_id, status="FINISHED")
+
+    def create(rec: Mapping[str, Any], h: str) -> str:
+        run = client.create_run(exp_id, run_name=rec["run_name"], tags={key_tag: rec["key"]})
+        write(run.info.run_id, rec, h, params=True)
+        return run.info.run_id
+
+    for rec in records:
+        h = content_hash(rec)
+        run = by_key.pop(rec["key"], None)
+        if run is None:
+            out["created"][rec["key"]] = create(rec, h)
+            continue
+        rid, tags = run.info.run_id, run.data.tags
+        if tags.get(CLAIM_HASH_TAG) == h and tags.get(CLAIM_STATE_TAG) == "active" and run.info.status == "FINISHED":
+            out["unchanged"][rec["key"]] = rid
+            continue
+        want = {k: str(v)[:MAX_PARAM_LEN] for k, v in rec["params"].items()}
+        if dict(run.data.params) != want or set(run.data.metrics) - set(rec["metrics"]):
+            client.set_tag(rid, CLAIM_STATE_TAG, "replaced")
+            client.set_terminated(rid, status="KILLED")
+            client.delete_run(rid)
+            out["replaced"][rec["key"]] = create(rec, h)
+            continue
+        for k in set(tags) - set(rec["tags"]) - {key_tag, CLAIM_HASH_TAG, CLAIM_STATE_TAG, SOURCE_TAG}:
+            if not k.startswith("mlflow.") and k.startswith(("attnlab.", "paper.")):
+                client.delete_tag(rid, k)  # a tag the edited record no longer has
+        write(rid, rec, h, params=False)
+        out["updated"][rec["key"]] = rid
+    for key, run in by_key.items():
+        rid = run.info.run_id
+        if run.data.tags.get(CLAIM_STATE_TAG) == "removed" and run.info.status == "KILLED":
+            continue
+        client.log_batch(rid, tags=[RunTag(CLAIM_STATE_TAG, "removed"),
+                                    RunTag("attnlab.claim.removed_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))],
+                         synchronous=True)
+        client.set_terminated(rid, status="KILLED")
+        out["removed"][key] = rid
+    return out
+
+
+def keyed_runs(uri: str, experiment: str, key_tag: str = CLAIM_TAG) -> dict[str, Any]:
+    """Active runs of ``experiment`` by their ``key_tag`` (claim id -> run)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    return {r.data.tags[key_tag]: r for r in
+            client.search_runs([exp.experiment_id], filter_string=f"tags.`{key_tag}` != ''", max_results=50_000)}
+
+
+def grid_runs(uri: str, grid_name: str) -> tuple[Any, list[Any]]:
+    """A grid's parent run and its child runs, from any experiment; ``(None, [])`` if none."""
+    client = MlflowClient(tracking_uri=uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments(max_results=50_000)]
+    if not exp_ids:
+        return None, []
+    quoted = grid_name.replace("'", "\\'")
+    parents = [r for r in client.search_runs(exp_ids, filter_string=f"tags.`{GRID_TAG}` = '{quoted}'",
+                                             max_results=50_000)
+               if PARENT_TAG not in r.data.tags]
+    if not parents:
+        return None, []
+    parent = sorted(parents, key=lambda r: r.info.start_time)[0]
+    kids = list(client.search_runs([parent.info.experiment_id],
+                                   filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                   max_results=50_000))
+    return parent, kids
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    return MlflowClient(tracking_uri=uri).get_experiment(experiment_id).name
+
+
+def log_artifact_dir(uri: str, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+    """Every file under ``local_dir`` onto ``run_id`` (under ``artifact_path``)."""
+    MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(local_dir), artifact_path)
