@@ -1,22 +1,34 @@
 """The local stack: a Ray head and an MLflow server, both on 127.0.0.1.
 
-    python infra/stack.py up   [--state DIR] [--mlflow-port 5000] [--ray-port 6379] [--dashboard-port 8265]
-    python infra/stack.py down [--state DIR]
-    python infra/stack.py status [--state DIR]
+    python -m infra.stack up     [--state DIR] [--mlflow-port 5000] [--ray-port 6379]
+                                 [--dashboard-port 8265] [--backend sqlite|postgres]
+    python -m infra.stack env    [--state DIR]      # `export ...` lines for clients
+    python -m infra.stack down   [--state DIR]
+    python -m infra.stack status [--state DIR]
 
-Single-machine default only: every server listens on 127.0.0.1 (Ray binds to the machine's
-address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is in its environment; checked with
-``ss -ltnp``).  A multi-node cluster is the cluster config's business (infra/cluster/).
+Single-machine default: every server listens on 127.0.0.1 (Ray binds to the machine's address
+unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is in its environment). A multi-node cluster is
+the business of the cluster configs (``infra/cluster/``).
 
-The MLflow server runs with one worker and without its job runner (2 processes, ~400 MB instead
-of 15 and 2.3 GB), SQLite backend and served artifacts under the state folder.  Servers are
-started in their own process sessions, so they outlive this command; ``down`` stops them.
+Everything the stack needs is created in its state folder, nothing is read from the home
+folder: Ray's token (token auth stays on) is written to ``<state>/ray_auth_token`` and handed to
+every client through ``RAY_AUTH_TOKEN_PATH`` (``env`` prints the exports; ``make demo`` uses
+them). Each server runs in its own process group, recorded in the state folder; ``down`` stops
+exactly those groups (and any process still naming the stack's Ray temp folder), never other
+Ray clusters of the user (``ray stop`` would stop them all).
+
+MLflow runs with one worker and without its job runner (2 processes, ~400 MB instead of 15 and
+2.3 GB). Its backend store is a SQLite file in the state folder, or with ``--backend postgres`` a
+private PostgreSQL server (Debian's ``postgresql`` package) initialised in the state folder and
+listening on 127.0.0.1 only: SQLite under many concurrent writers raises "database is locked".
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,23 +40,316 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_STATE = Path(os.environ.get("ATTNLAB_STATE", "~/.attnlab/stack")).expanduser()
+TOKEN_FILE = "ray_auth_token"
+PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
-def local_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
+class StackError(RuntimeError):
+    """A server of the stack could not be started; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# environment shared by the servers and their clients
+# ---------------------------------------------------------------------------------------------
+
+def ensure_token(state: Path) -> Path:
+    """The stack's Ray auth token file (created once, mode 0600)."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / TOKEN_FILE
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def client_env(state: Path) -> dict[str, str]:
+    """The variables a client of this stack needs (ray job submit, the grid driver, tests)."""
+    env = {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep Ray on 127.0.0.1
-        # Ray's token auth (a token in ~/.ray/auth_token, made on first start); clients that
-        # talk to this head (ray job submit, the grid driver) need the same setting.
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(ensure_token(state)),
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    })
+    }
+    info = state / "stack.json"
+    if info.exists():
+        s = json.loads(info.read_text())
+        env["MLFLOW_TRACKING_URI"] = s["mlflow_url"]
+        env["RAY_ADDRESS"] = s["dashboard_url"]
+    return env
+
+
+def local_env(state: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(client_env(state))
+    env.pop("RAY_ADDRESS", None)  # a server never joins another cluster
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # Ray jobs run `python` from the head's PATH: make it this interpreter's.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+# ---------------------------------------------------------------------------------------------
+# process groups recorded in the state folder
+# ---------------------------------------------------------------------------------------------
+
+def _spawn(state: Path, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log = open(state / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    (state / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _stop_group(state: Path, name: str, grace: float = 15.0) -> None:
+    """SIGTERM the group recorded as ``name``; SIGKILL what is left after ``grace`` seconds."""
+    pidfile = state / f"{name}.pid"
+    if not pidfile.exists():
+        return
+    pgid = int(pidfile.read_text())
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        t0 = time.time()
+        while time.time() - t0 < wait and _group_alive(pgid):
+            try:
+                os.waitpid(-pgid, os.WNOHANG)  # reap our own children
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        if not _group_alive(pgid):
+            break
+    pidfile.unlink(missing_ok=True)
+
+
+def _pids_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (e.g. the stack's Ray temp folder)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            out.append(int(p.name))
+    return out
+
+
+def _wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise StackError(f"{what} exited with code {proc.returncode}; see {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # up, and asking for Ray's token: healthy
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{what} not healthy at {url} after {timeout:.0f}s" + (f"; see {log}" if log else ""))
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (optional MLflow backend)
+# ---------------------------------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str:
+    for d in PG_BINS:
+        if (d / name).exists():
+            return str(d / name)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"PostgreSQL's {name} not found: install the Debian package postgresql "
+                         "(make install-services) or use --backend sqlite")
+    return found
+
+
+def _pg_run(cmd: list[str], env: dict[str, str]) -> None:
+    pre = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    r = subprocess.run(pre + cmd, env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise StackError(f"{Path(cmd[0]).name} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+
+
+def start_postgres(state: Path, port: int, timeout: float = 60) -> str:
+    """A private PostgreSQL server in ``state/pg`` on 127.0.0.1:``port``; returns its SQLAlchemy URL.
+
+    PostgreSQL refuses to run as root: as root the server runs as the ``postgres`` system user
+    (created by the Debian package), and owns its data folder.
+    """
+    data = state / "pg"
+    sock = state / "pg-sock"
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    as_root = os.geteuid() == 0
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        sock.mkdir(parents=True, exist_ok=True)
+        if as_root:
+            for p in (state, data, sock):
+                p.chmod(p.stat().st_mode | 0o711)
+            shutil.chown(data, "postgres", "postgres")
+            shutil.chown(sock, "postgres", "postgres")
+        _pg_run([_pg_bin("initdb"), "-D", str(data), "-U", "attnlab", "--auth=trust", "-E", "UTF8"], env)
+    cmd = [_pg_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(sock),
+           "-c", "max_connections=200"]
+    if as_root:
+        cmd = ["runuser", "-u", "postgres", "--"] + cmd
+    proc = _spawn(state, "postgres", cmd, env)
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise StackError(f"postgres exited with code {proc.returncode}; see {state / 'postgres.log'}")
+        r = subprocess.run([_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
+        if r.returncode == 0:
+            break
+        time.sleep(0.3)
+    else:
+        raise StackError(f"postgres not ready on 127.0.0.1:{port} after {timeout:.0f}s")
+    r = subprocess.run([_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "attnlab", "-d", "postgres",
+                        "-tAc", "SELECT 1 FROM pg_database WHERE datname='mlflow'"], capture_output=True, text=True)
+    if r.stdout.strip() != "1":
+        subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "attnlab", "mlflow"],
+                       check=True, capture_output=True)
+    return f"postgresql://attnlab@127.0.0.1:{port}/mlflow"
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow and Ray
+# ---------------------------------------------------------------------------------------------
+
+def start_mlflow(state: Path, port: int = 5000, backend_uri: str | None = None,
+                 artifacts: str | None = None, timeout: float = 120) -> tuple[str, int]:
+    state.mkdir(parents=True, exist_ok=True)
+    if not _port_free(port):
+        raise StackError(f"port {port} on 127.0.0.1 is in use: pass another --mlflow-port")
+    backend_uri = backend_uri or f"sqlite:///{state / 'mlflow.db'}"
+    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", backend_uri,
+           "--artifacts-destination", artifacts or str(state / "artifacts"), "--serve-artifacts"]
+    proc = _spawn(state, "mlflow", cmd, local_env(state))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/health", timeout, "MLflow server", proc, state / "mlflow.log")
+    except StackError:
+        _stop_group(state, "mlflow")
+        raise
+    return url, proc.pid
+
+
+def stop_mlflow(state: Path) -> None:
+    _stop_group(state, "mlflow")
+
+
+def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,
+              temp_dir: str | None = None, timeout: float = 120,
+              resources: dict[str, float] | None = None) -> tuple[str, str, str]:
+    """``ray start --head --block`` in a process group of its own; returns (GCS, dashboard, temp)."""
+    state.mkdir(parents=True, exist_ok=True)
+    for p, flag in ((port, "--ray-port"), (dashboard_port, "--dashboard-port")):
+        if not _port_free(p):
+            raise StackError(f"port {p} on 127.0.0.1 is in use: pass another {flag}")
+    # Unix socket paths must stay short, so the temp folder is under /tmp, one per head.
+    temp_dir = temp_dir or f"/tmp/ray-attnlab-{port}"
+    cmd = [_bin("ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if resources:
+        cmd.append(f"--resources={json.dumps(resources)}")
+    (state / "ray_temp_dir").write_text(temp_dir)
+    proc = _spawn(state, "ray", cmd, local_env(state))
+    dash = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_http(dash + "/api/version", timeout, "Ray head", proc, state / "ray.log")
+        _wait_ray_ready(state, f"127.0.0.1:{port}", timeout, proc)
+    except StackError:
+        stop_ray(state)
+        raise
+    return f"127.0.0.1:{port}", dash, temp_dir
+
+
+def _wait_ray_ready(state: Path, address: str, timeout: float, proc: subprocess.Popen) -> None:
+    """The dashboard answers before the raylet registers: wait until the node is alive."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise StackError(f"Ray head exited with code {proc.returncode}; see {state / 'ray.log'}")
+        r = subprocess.run([_bin("ray"), "status", f"--address={address}"], env=local_env(state),
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 and "Active:" in r.stdout:
+            return
+        time.sleep(1)
+    raise StackError(f"Ray head at {address} not ready after {timeout:.0f}s; see {state / 'ray.log'}")
+
+
+def stop_ray(state: Path) -> None:
+    """Stop this stack's Ray head only: its process group, then stragglers naming its temp folder."""
+    _stop_group(state, "ray")
+    marker = state / "ray_temp_dir"
+    if marker.exists():
+        temp = marker.read_text().strip()
+        if temp:
+            pids = _pids_naming(temp)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        marker.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stack
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Stack:
@@ -54,132 +359,80 @@ class Stack:
     dashboard_url: str
     mlflow_pid: int
     ray_temp_dir: str
+    backend_uri: str
 
 
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
-
-
-def _wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):  # up, and asking for Ray's token (~/.ray/auth_token): healthy
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not healthy at {url} after {timeout:.0f}s")
-
-
-def start_mlflow(state: Path, port: int = 5000, timeout: float = 90) -> tuple[str, int]:
-    state.mkdir(parents=True, exist_ok=True)
-    log = state / "mlflow.log"
-    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
-           "--artifacts-destination", str(state / "artifacts"), "--serve-artifacts"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=local_env(),
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    _wait_http(url + "/health", timeout, "MLflow server", proc, log)
-    (state / "mlflow.pid").write_text(str(proc.pid))
-    return url, proc.pid
-
-
-def stop_mlflow(state: Path) -> None:
-    pidfile = state / "mlflow.pid"
-    if not pidfile.exists():
-        return
-    pid = int(pidfile.read_text())
+def up(state: Path, mlflow_port: int, ray_port: int, dashboard_port: int, num_cpus: int | None,
+       backend: str = "sqlite", pg_port: int = 5432) -> Stack:
+    backend_uri = start_postgres(state, pg_port) if backend == "postgres" else None
     try:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(40):
-            os.killpg(pid, 0)
-            time.sleep(0.25)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pidfile.unlink(missing_ok=True)
-
-
-def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None,
-              temp_dir: str | None = None, timeout: float = 120) -> tuple[str, str, str]:
-    # Unix socket paths must stay short: Ray's temp dir defaults to /tmp/ray.
-    temp_dir = temp_dir or f"/tmp/ray-attnlab-{port}"
-    cmd = [_bin("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    if num_cpus:
-        cmd.append(f"--num-cpus={num_cpus}")
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "ray-start.log", "ab") as log:
-        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=local_env(), timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"ray start failed (exit {r.returncode}); see {state / 'ray-start.log'}")
-    dash = f"http://127.0.0.1:{dashboard_port}"
-    _wait_http(dash + "/api/version", timeout, "Ray dashboard")
-    return f"127.0.0.1:{port}", dash, temp_dir
-
-
-def stop_ray() -> None:
-    subprocess.run([_bin("ray"), "stop", "--force"], env=local_env(), capture_output=True, timeout=120)
-
-
-def up(state: Path, mlflow_port: int, ray_port: int, dashboard_port: int, num_cpus: int | None) -> Stack:
-    url, pid = start_mlflow(state, mlflow_port)
-    try:
+        url, pid = start_mlflow(state, mlflow_port, backend_uri)
         address, dash, temp = start_ray(state, ray_port, dashboard_port, num_cpus)
     except Exception:
-        stop_mlflow(state)
+        down(state)
         raise
-    s = Stack(str(state), url, address, dash, pid, temp)
+    s = Stack(str(state), url, address, dash, pid, temp, backend_uri or f"sqlite:///{state / 'mlflow.db'}")
     (state / "stack.json").write_text(json.dumps(asdict(s), indent=1))
     return s
 
 
 def down(state: Path) -> None:
-    stop_ray()
+    stop_ray(state)
     stop_mlflow(state)
+    _stop_group(state, "postgres")
     (state / "stack.json").unlink(missing_ok=True)
 
 
+def healthy(state: Path) -> bool:
+    info = state / "stack.json"
+    if not info.exists():
+        return False
+    s = json.loads(info.read_text())
+    try:
+        _wait_http(s["mlflow_url"] + "/health", 3, "MLflow")
+        _wait_http(s["dashboard_url"] + "/api/version", 3, "Ray")
+    except StackError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python infra/stack.py", description="Local Ray head + MLflow server on 127.0.0.1.")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--state", type=Path, default=DEFAULT_STATE)
+    from pipeline.errors import cli_exit
+    ArgumentParser = argparse.ArgumentParser  # TODO one-line parser
+
+    p = ArgumentParser(prog="python -m infra.stack", description="Local Ray head + MLflow server on 127.0.0.1.")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--state", type=Path, default=DEFAULT_STATE, help=f"state folder (default {DEFAULT_STATE})")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--ray-port", type=int, default=6379)
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                   help="MLflow backend store (postgres: a private server in the state folder)")
+    p.add_argument("--pg-port", type=int, default=5432)
     a = p.parse_args(argv)
     state = a.state.expanduser().resolve()
-    if a.action == "up":
-        info = state / "stack.json"
-        if info.exists():
-            s = json.loads(info.read_text())
-            try:
-                _wait_http(s["mlflow_url"] + "/health", 3, "MLflow")
-                _wait_http(s["dashboard_url"] + "/api/version", 3, "Ray")
-                print(f"stack already up: MLflow {s['mlflow_url']}  Ray {s['dashboard_url']}")
+    try:
+        if a.action == "up":
+            if healthy(state):
+                s = json.loads((state / "stack.json").read_text())
+                print(f"stack already up: MLflow {s['mlflow_url']}  Ray {s['dashboard_url']}; state {state}")
                 return 0
-            except (OSError, TimeoutError, RuntimeError):
-                down(state)
-        s = up(state, a.mlflow_port, a.ray_port, a.dashboard_port, a.num_cpus)
-        print(f"stack up: MLflow {s.mlflow_url}  Ray {s.dashboard_url} (GCS {s.ray_address}); state {state}")
-    elif a.action == "down":
-        down(state)
-        print("stack down")
-    else:
-        info = state / "stack.json"
-        print(info.read_text() if info.exists() else "stack not running")
+            down(state)  # whatever is left of an earlier stack in this folder
+            s = up(state, a.mlflow_port, a.ray_port, a.dashboard_port, a.num_cpus, a.backend, a.pg_port)
+            print(f"stack up: MLflow {s.mlflow_url}  Ray {s.dashboard_url} (GCS {s.ray_address}); state {state}")
+            print(f"clients: eval \"$(python -m infra.stack env --state {shlex.quote(str(state))})\"")
+        elif a.action == "down":
+            down(state)
+            print("stack down")
+        elif a.action == "env":
+            for k, v in client_env(state).items():
+                print(f"export {k}={shlex.quote(v)}")
+        else:
+            info = state / "stack.json"
+            print(info.read_text() if info.exists() and healthy(state) else "stack not running")
+    except StackError as e:
+        cli_exit(e)
     return 0
 
 

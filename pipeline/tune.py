@@ -34,8 +34,10 @@ def connect(num_cpus: Optional[int] = None) -> str:
         # is for job submission, the driver joins through the GCS ("auto" finds it).
         if address.startswith("http"):
             address = "auto"
-        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
-            os.environ["RAY_AUTH_MODE"] = "token"  # a token-auth cluster (Ray's default for local heads)
+        if "RAY_AUTH_MODE" not in os.environ and (
+                os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN")
+                or (Path.home() / ".ray" / "auth_token").exists()):
+            os.environ["RAY_AUTH_MODE"] = "token"  # a token was handed to us: the cluster uses it
         ray.init(address=address, log_to_driver=True)
         return address
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,13 +31,9 @@ needs_torchvision = pytest.mark.skipif(not torchvision_ok(), reason="torchvision
 # ---------------------------------------------------------------------------------------------
 # real servers on 127.0.0.1 (no mocks): an MLflow server and a Ray head, started and stopped here
 # ---------------------------------------------------------------------------------------------
-import socket  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import socket  # noqa: E402  (kept beside the fixtures that use it)
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:
@@ -57,12 +54,13 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A real Ray head (GCS + dashboard/job server) on 127.0.0.1; yields its addresses."""
-    from infra.stack import start_ray, stop_ray
+    """A real Ray head (GCS + dashboard/job server) on 127.0.0.1 with token auth and a token of
+    its own (nothing from the home folder); yields its addresses and the client environment."""
+    from infra.stack import client_env, start_ray, stop_ray
 
     state = tmp_path_factory.mktemp("ray-head")
     port, dash_port = free_port(), free_port()
     address, dash, _ = start_ray(state, port=port, dashboard_port=dash_port, num_cpus=2,
                                  temp_dir=f"/tmp/ray-t{port}")
-    yield {"address": address, "dashboard": dash}
-    stop_ray()
+    yield {"address": address, "dashboard": dash, "state": state, "env": client_env(state)}
+    stop_ray(state)

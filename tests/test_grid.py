@@ -35,8 +35,8 @@ def write_spec(tmp_path, name, axes, epochs=2, seeds=1, **base):
 
 def grid_env(ray_head, mlflow_server):
     env = dict(os.environ)
-    env.update({"RAY_ADDRESS": ray_head["address"], "MLFLOW_TRACKING_URI": mlflow_server,
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"})
+    env.update(ray_head["env"])
+    env.update({"RAY_ADDRESS": ray_head["address"], "MLFLOW_TRACKING_URI": mlflow_server})
     return env
 
 
@@ -55,7 +55,7 @@ def children(uri, experiment):
 
 def test_ray_job_submit_smoke_with_divergence(tmp_path, ray_head, mlflow_server):
     spec = write_spec(tmp_path, "jobsmoke", {"attention": ["none", "se"], "optim.lr": [0.05, 1.0e8]})
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token")
+    env = dict(os.environ, **ray_head["env"])
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true"}})
     r = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_head["dashboard"],
                         "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",

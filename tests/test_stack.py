@@ -1,0 +1,81 @@
+"""The local stack on a fresh machine: an empty home folder, its own Ray token, own-process stop."""
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _listening_addresses(ports: set[int]) -> set[str]:
+    """Local addresses of listening TCP sockets on ``ports`` (from /proc/net/tcp{,6})."""
+    out = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, port = local.split(":")
+            if state == "0A" and int(port, 16) in ports:  # 0A = LISTEN
+                out.add(addr)
+    return out
+
+
+def _pids_naming(text: str) -> list[int]:
+    from infra.stack import _pids_naming as f
+
+    return f(text)
+
+
+def test_stack_on_an_empty_home_then_down_spares_other_clusters(tmp_path, ray_head):
+    home, state = tmp_path / "home", tmp_path / "state"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING"))}
+    env["HOME"] = str(home)
+    ports = {"--mlflow-port": free_port(), "--ray-port": free_port(), "--dashboard-port": free_port()}
+    args = [f"{k}={v}" for k, v in ports.items()]
+    py = sys.executable
+    up = subprocess.run([py, "-m", "infra.stack", "up", "--state", str(state), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        token = state / "ray_auth_token"
+        assert token.exists() and stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) >= 32
+        # every server of the stack listens on 127.0.0.1 only (0100007F is 127.0.0.1 in /proc)
+        addrs = _listening_addresses(set(ports.values()))
+        assert addrs and all(a.endswith("0100007F") for a in addrs), addrs
+        job = subprocess.run([py, "-m", "infra.submit", "--state", str(state), "--", "python", "-c",
+                              "import os; print('COMMIT', os.environ['ATTNLAB_GIT_COMMIT'])"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+        commit = [ln for ln in job.stdout.splitlines() if ln.startswith("COMMIT ")][0].split()[1]
+        assert commit != "unknown" and len(commit.split("-")[0]) == 40
+        # nothing was written to the home folder: the token lives in the stack's state folder
+        assert not (home / ".ray").exists()
+    finally:
+        down = subprocess.run([py, "-m", "infra.stack", "down", "--state", str(state)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert _pids_naming(f"ray-attnlab-{ports['--ray-port']}") == []
+    assert not _listening_addresses(set(ports.values()))
+    # the other Ray cluster (the session's head) is untouched
+    st = subprocess.run([str(Path(py).parent / "ray"), "status", f"--address={ray_head['address']}"],
+                        env={**os.environ, **ray_head["env"]}, capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and "Active:" in st.stdout, st.stderr[-1000:]
+
+
+def test_stack_refuses_a_port_in_use_in_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--state", str(tmp_path / "st"),
+                            f"--mlflow-port={busy}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and f"port {busy}" in r.stderr and "--mlflow-port" in r.stderr
