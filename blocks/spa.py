@@ -38,27 +38,40 @@ k = max(1, round(topk_ratio · H·W)) (Python ``round``: half to even).  k is cl
 (a float the caller writes, e.g. from a YAML spec, is a different object); pass
 ``topk_ratio=None`` with ``topk`` to be explicit.
 
-Memory.  The straightforward form stores per-pixel θ, g, y and W y for backward; those dominate
-(the C'×C' map is tiny).  We compute the same function re-associated:
+Association order (cost).  The value path u = W·A·(W_g x + b_g) + b is a product of three
+linear maps, computed in one of two orders, chosen per call from the shapes (C, C', H·W):
 
-* saliency and top-k run under ``no_grad`` on a full θ that is freed at once (top-k is
-  piecewise constant, so no gradient flows through the selection); θ_K is then recomputed,
-  differentiably, from x at the k gathered positions only: θ_K = W_θ x[:, K] + b_θ;
-* the value path is folded: W·A·(W_g x + b_g) + b = M x + v with the per-sample C×C matrix
-  M = W A W_g and v = W A b_g + b, applied as one batched matmul.  g and y never exist per pixel;
-  the only per-pixel tensor kept for backward is u = M x + v (BN's input) — x itself is the
-  caller's;
-* in training, BN and the residual add run as one autograd function (:class:`_BatchNormAdd`):
-  the same batch statistics, running-stat update and gradients as ``nn.BatchNorm2d`` followed
-  by ``+ x``, but its forward writes the output in one buffer (BN's output is not a separate
-  tensor) and its backward builds dL/du in one buffer (PyTorch's CPU BN backward uses a second
-  full-size temporary).  Eval mode, autocast, low-precision dtypes and a replaced ``bn``
-  (e.g. ``SyncBatchNorm``) take the plain ``self.bn(u) + x`` path.
-All three are exact identities (up to float rounding order).  ``python -m
-benchmarks.spa_memory`` (CPU allocator trace of one training fwd+bwd, batch 8, C = 256, 56×56,
-x requiring grad) measured a peak of 93 MB at the default ``topk_ratio=0.25`` against 320 MB for
-``nonlocal`` with ``subsample=True`` (0.29×; ``topk=8``: 0.26×, ``topk_ratio=1``: 0.38×); the
-un-folded formulation measures 145 MB (0.45×).
+* ``"per_pixel"`` — g = W_g x + b_g, y = A g, u = W y + b: H·W·(2·C·C' + C'²) multiply-adds
+  per sample (at C' = C/2: 1.25·C²·HW);
+* ``"folded"`` — M = (W A) W_g (C×C, per sample), v = W A b_g + b, u = M x + v:
+  C·C'·(C' + C) + C²·HW (at C' = C/2: 0.75·C³ + C²·HW).  Building M costs the same whatever
+  the map size, so this form pays off only on large maps (at C' = C/2 when H·W > 3C: ResNet-50
+  at 224 px folds at stage 1 (56×56, C = 256) only; at stage 4 (7×7, C = 2048) the folded
+  order would cost 26× the per-pixel one).  Its benefit is memory: g and y never exist per pixel.
+
+:func:`choose_form` takes the order with fewer multiply-adds (ties: per-pixel), the same rule
+in training and eval; ``form_for(h, w)`` says which one a module runs, and setting the
+attribute ``form`` to ``"folded"`` or ``"per_pixel"`` (default ``"auto"``) forces one (tests,
+benchmarks).  Both orders compute the same function (up to float rounding order).  (A third
+order, (W A)·(W_g x), has fewer multiply-adds than the folded one but keeps W_g x per pixel for
+backward; we do not use it.)
+
+Memory (both orders).  Saliency and top-k run under ``no_grad`` on a full θ that is freed at
+once (top-k is piecewise constant, so no gradient flows through the selection); θ_K is then
+recomputed, differentiably, from x at the k gathered positions only: θ_K = W_θ x[:, K] + b_θ.
+In training, BN and the residual add run as one autograd function (:class:`_BatchNormAdd`): the
+same batch statistics, running-stat update and gradients as ``nn.BatchNorm2d`` followed by
+``+ x``, but its forward writes the output in one buffer (BN's output is not a separate tensor)
+and its backward builds dL/du in one buffer (PyTorch's CPU BN backward uses a second full-size
+temporary).  Eval mode, autocast, low-precision dtypes and a replaced ``bn`` (e.g.
+``SyncBatchNorm``) take the plain ``self.bn(u) + x`` path.  In the folded order the only
+per-pixel tensor kept for backward is u (BN's input); x itself is the caller's.  Measured peak
+memory: docs/benchmarks.md (``python -m benchmarks.spa_memory``).
+
+Dead parameter, kept on purpose: ``out.bias`` (b) adds a per-channel constant right before a
+BatchNorm, which subtracts the batch mean in training: no effect on the training output and a
+zero gradient.  The authors' code has it (its W is an ``nn.Conv2d`` with bias), so parameter
+counts match theirs.  (b_g is not dead here: A b_g differs between samples.)
 
 Placement: not verified from the paper here (we could not read its experimental section); our
 choice is ``stage_end`` after stages (1, 2, 3) (res2-res4 = torchvision's layer1-layer3), in
@@ -84,6 +97,25 @@ from .se import reduced
 
 #: Default ``topk_ratio``; identity with this object means "not passed" (module docstring).
 DEFAULT_TOPK_RATIO = 0.25
+
+
+#: The value path's association orders (module docstring, "Association order").
+FORMS = ("folded", "per_pixel")
+
+
+def value_path_macs(channels: int, inter_channels: int, hw: int) -> dict[str, int]:
+    """Multiply-adds per sample of u = W·A·(W_g x + b_g) + b in each association order."""
+    c, cp = channels, inter_channels
+    return {
+        "folded": c * cp * (cp + c) + c * c * hw,  # W A: C·C'², (W A) W_g: C²·C', M x: C²·HW
+        "per_pixel": hw * (2 * c * cp + cp * cp),  # W_g x: C'·C·HW, A g: C'²·HW, W y: C·C'·HW
+    }
+
+
+def choose_form(channels: int, inter_channels: int, hw: int) -> str:
+    """The association order with fewer multiply-adds for this shape (ties: ``"per_pixel"``)."""
+    macs = value_path_macs(channels, inter_channels, hw)
+    return "folded" if macs["folded"] < macs["per_pixel"] else "per_pixel"
 
 
 def keep_count(hw: int, topk_ratio: float | None, topk: int | None) -> int:
@@ -175,6 +207,7 @@ class SalientPositionsAttention(MapsMixin, nn.Module):
         self.out = nn.Conv2d(inter_channels, channels, 1)  # W
         self.bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.bn.weight)  # γ = 0: the block starts as the identity
+        self.form = "auto"  # or one of FORMS, to force an association order
 
     def extra_repr(self) -> str:
         k = f"topk={self.topk}" if self.topk is not None else f"topk_ratio={self.topk_ratio}"
@@ -200,14 +233,28 @@ class SalientPositionsAttention(MapsMixin, nn.Module):
             self._keep("keep_index", keep)
             mask = torch.zeros(n, h * w, device=x.device).scatter_(1, keep, 1.0)
             self._keep("keep_mask", mask.view(n, h, w))
-        # Fold W·A·(W_g x + b_g) + b = M x + v  (module docstring).
-        wa = torch.matmul(self.out.weight.view(c, cp), a)  # (N, C, C')   W A
-        m = torch.matmul(wa, self.g.weight.view(cp, c))  # (N, C, C)    W A W_g
-        v = torch.matmul(wa, self.g.bias) + self.out.bias  # (N, C)       W A b_g + b
-        u = torch.baddbmm(v.unsqueeze(-1), m, xf)  # (N, C, HW)   = W y + b
+        w_g, b_g = self.g.weight.view(cp, c), self.g.bias  # (C', C), (C',)
+        w_out, b_out = self.out.weight.view(c, cp), self.out.bias  # (C, C'), (C,)
+        if self.form_for(h, w) == "folded":  # W·A·(W_g x + b_g) + b = M x + v
+            wa = torch.matmul(w_out, a)  # (N, C, C')   W A
+            m = torch.matmul(wa, w_g)  # (N, C, C)    W A W_g
+            v = torch.matmul(wa, b_g) + b_out  # (N, C)       W A b_g + b
+            u = torch.baddbmm(v.unsqueeze(-1), m, xf)  # (N, C, HW)   = W y + b
+        else:  # per pixel: g = W_g x + b_g, y = A g, u = W y + b
+            g = torch.baddbmm(b_g.view(1, cp, 1), w_g.expand(n, cp, c), xf)  # (N, C', HW)
+            y = torch.bmm(a, g)  # (N, C', HW)
+            u = torch.baddbmm(b_out.view(1, c, 1), w_out.expand(n, c, cp), y)  # (N, C, HW)
         if self._fused_bn(u):
             return self._bn_add_train(u, xf).view(n, c, h, w)  # z = BN(W y + b) + x
         return self.bn(u.view(n, c, h, w)) + x  # (N, C, H, W)   z = BN(W y + b) + x
+
+    def form_for(self, h: int, w: int) -> str:
+        """The value path's association order for an ``h``×``w`` input (module docstring)."""
+        if self.form == "auto":
+            return choose_form(self.out.out_channels, self.inter_channels, h * w)
+        if self.form not in FORMS:
+            raise ValueError(f"form must be 'auto' or one of {FORMS}, got {self.form!r}")
+        return self.form
 
     def _fused_bn(self, u: torch.Tensor) -> bool:
         bn = self.bn
