@@ -1,70 +1,104 @@
-"""Typed trial configuration: one source of truth for keys, defaults and errors.
+"""Typed trial configuration: one source of truth for keys, defaults, bounds and errors.
 
 Every section is a :class:`StrictModel`: unknown keys and wrong types are errors that name the
-key, and assignment is validated too.  Paths are made absolute when the config is built, because
-Ray Tune runs each trial in its own working directory.
+key, and assignment is validated too.  Types are strict (a bool is not an int, the string
+``"3"`` is not a number, a list of two numbers is accepted for a pair) and every float must be
+finite (``.inf`` and ``.nan`` are refused everywhere, block parameters included).  Paths are
+made absolute when the config is built, because Ray Tune runs each trial in its own working
+directory; whether a data root exists is *not* part of validation (it depends on the machine):
+:func:`check_data_root` answers that where the trial runs.
+
+Bounds (documented at each field) keep a config from asking for what cannot run: resolutions
+are 8..1024 px and at least what the backbone's downsampling needs (see
+:func:`min_resolution`), ``num_classes`` at most 100,000, batch sizes at most 65,536.
+
+Importing this module, or validating a :class:`DataConfig`, imports neither torch nor the data
+package (datasets come from the leaf :mod:`pipeline.catalog`); a :class:`ModelConfig` imports
+``blocks`` (torch) to check the backbone and the attention.
 """
 from __future__ import annotations
 
+import inspect
+import math
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from . import catalog
 
 __all__ = ["StrictModel", "SyntheticSpec", "DataConfig", "ModelConfig", "OptimConfig", "CheckpointConfig",
-           "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial"]
+           "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial",
+           "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "min_resolution",
+           "attention_param_problems", "validation_problems", "MIN_RES", "MAX_RES", "MAX_CLASSES"]
 
+MIN_RES, MAX_RES = 8, 1024  # training/eval resolution in px (and the backbone's own minimum)
+MAX_CLASSES = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGES = 10_000_000  # synthetic split sizes
 
 class StrictModel(BaseModel):
-    """Base of every config section: no unknown keys, validated assignment."""
+    """Base of every config section: no unknown keys, strict types, finite floats, validated
+    assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True,
+                              allow_inf_nan=False)
 
 
 def abs_path(value: Optional[str | Path]) -> Optional[Path]:
     """``~`` expanded and made absolute (not required to exist); ``None``/``""`` stay ``None``."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"expected a path, got {type(value).__name__} {value!r}")
     return Path(value).expanduser().resolve()
+
+
+def _list_as_tuple(value: Any) -> Any:
+    """YAML and JSON have no tuples: a list of the right length is accepted for a fixed pair."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+Pair = Annotated[tuple[float, float], BeforeValidator(_list_as_tuple)]
+Float3 = Annotated[tuple[float, float, float], BeforeValidator(_list_as_tuple)]
 
 
 class SyntheticSpec(StrictModel):
     """Shape of the ``synthetic`` dataset (procedural, class-dependent; for loader/speed tests)."""
 
-    num_classes: int = Field(10, gt=0, le=100_000)
-    image_size: int = Field(32, gt=0, le=4096)
-    train_count: int = Field(1000, gt=0)
-    val_count: int = Field(200, gt=0)
-    seed: int = Field(0, ge=0)
-
-
-Float3 = tuple[float, float, float]
+    num_classes: int = Field(10, gt=0, le=MAX_CLASSES)
+    image_size: int = Field(32, ge=MIN_RES, le=MAX_RES)  # also the default training resolution
+    train_count: int = Field(1000, gt=0, le=MAX_IMAGES)
+    val_count: int = Field(200, gt=0, le=MAX_IMAGES)
+    seed: int = Field(0, ge=0, lt=2**32)
 
 
 class DataConfig(StrictModel):
     """The ``data`` section of a trial config (see ``pipeline.data.make_loaders``)."""
 
     # what
-    dataset: str = "digits"  # a name from pipeline.data (python -m pipeline.data list)
-    root: Optional[Path] = None  # dataset folder; unused by digits/synthetic
+    dataset: str = "digits"  # a name from pipeline.catalog (python -m pipeline.data list)
+    root: Optional[Path] = None  # dataset folder; unused by digits/synthetic; existence: check_data_root
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
 
     # how it is read
     backend: Literal["ffcv", "torch", "auto"] = "auto"
-    batch_size: int = Field(128, gt=0)  # per process
-    val_batch_size: Optional[int] = Field(None, gt=0)  # None: batch_size
-    workers: Optional[int] = Field(None, ge=0)  # None: min(8, cpu count)
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH)  # per process
+    val_batch_size: Optional[int] = Field(None, gt=0, le=MAX_BATCH)  # None: batch_size
+    workers: Optional[int] = Field(None, ge=0, le=512)  # None: min(8, cpu count)
     shuffle: bool = True  # train order; False = sequential (debugging, tests)
     drop_last: bool = True  # train only; val always keeps every sample
 
-    # augmentation and resolution
+    # augmentation and resolution (px, MIN_RES..MAX_RES, and at least min_resolution(model))
     augment: Literal["auto", "imagenet", "cifar", "digits", "none"] = "auto"
-    train_res: Optional[int] = Field(None, gt=0)  # None: the dataset's default
-    val_res: Optional[int] = Field(None, gt=0)  # None: train_res
+    train_res: Optional[int] = Field(None, ge=MIN_RES, le=MAX_RES)  # None: the dataset's default
+    val_res: Optional[int] = Field(None, ge=MIN_RES, le=MAX_RES)  # None: train_res
     val_crop_ratio: float = Field(224 / 256, gt=0, le=1)
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    crop_padding: int = Field(4, ge=0)  # cifar/digits styles: pad-and-random-crop
+    rrc_scale: Pair = (0.08, 1.0)
+    rrc_ratio: Pair = (3 / 4, 4 / 3)
+    crop_padding: int = Field(4, ge=0, le=512)  # cifar/digits styles: pad-and-random-crop
     normalize: bool = True  # False: uint8 images as stored (raw checks)
     mean: Optional[Float3] = None  # None: the dataset's (0..1 scale)
     std: Optional[Float3] = None
@@ -72,7 +106,7 @@ class DataConfig(StrictModel):
 
     # FFCV files (python -m pipeline.data write ...)
     beton_dir: Optional[Path] = None  # None: a cache folder keyed by dataset fingerprint
-    max_res: int = Field(256, gt=0)  # longest side stored in the .beton
+    max_res: int = Field(256, ge=MIN_RES, le=4096)  # longest side stored in the .beton
     write_mode: Literal["auto", "raw", "jpg", "proportion"] = "auto"
     jpeg_quality: int = Field(90, ge=1, le=100)
     compress_prob: float = Field(0.5, ge=0, le=1)
@@ -88,11 +122,8 @@ class DataConfig(StrictModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from pipeline.data.registry import names  # lazy: the registry imports no heavy engine
-
-        valid = names()
-        if v not in valid:
-            raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(valid)}")
+        if v not in catalog.DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; valid: {', '.join(catalog.names())}")
         return v
 
     @field_validator("rrc_scale")
@@ -107,8 +138,8 @@ class DataConfig(StrictModel):
     @classmethod
     def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v
-        if not (0 < lo <= hi):
-            raise ValueError(f"must satisfy 0 < low <= high, got {v}")
+        if not (0 < lo <= hi <= 100):
+            raise ValueError(f"must satisfy 0 < low <= high <= 100, got {v}")
         return v
 
     @field_validator("std")
@@ -124,10 +155,147 @@ class DataConfig(StrictModel):
             raise ValueError("give both mean and std, or neither")
         return self
 
+    def resolutions(self) -> tuple[int, int]:
+        """``(train_res, val_res)`` with the defaults filled in (the dataset's, or the synthetic
+        image size)."""
+        default = catalog.info(self.dataset).default_res or self.synthetic.image_size
+        train = self.train_res or default
+        return train, self.val_res or train
+
+    def num_classes(self) -> Optional[int]:
+        """The dataset's class count where it is known without reading the data."""
+        if self.dataset == "synthetic":
+            return self.synthetic.num_classes
+        return catalog.info(self.dataset).num_classes
+
+
+def check_data_root(data_cfg: DataConfig) -> list[str]:
+    """Problems with ``data.root`` on this machine (one line each; empty when fine).
+
+    Not part of validation: a spec is validated (and dry-run) where the data may be absent;
+    the trial runner calls this on the node that trains, before training.
+    """
+    info = catalog.info(data_cfg.dataset)
+    root = data_cfg.root
+    if not info.needs_root:
+        return []
+    if root is None:
+        return [f"data.root: dataset {info.name!r} needs a root folder"]
+    if not root.exists():
+        return [f"data.root: path does not exist: {root}"]
+    if not root.is_dir():
+        return [f"data.root: not a folder: {root}"]
+    return []
+
 
 # ---------------------------------------------------------------------------------------------
 # The trial: model, optimisation, checkpoints, tracking.
 # ---------------------------------------------------------------------------------------------
+
+
+_FAMILY_STRIDES = {  # the downsampling after each stage, by backbone family (see blocks/backbones)
+    "cifar_resnet": ((1, 2, 4), (1, 2, 4)),  # (normal stem, small stem): 3x3/1 stem
+    "resnet": ((4, 8, 16, 32), (1, 2, 4, 8)),  # 7x7/2 conv + max-pool stem; small: 3x3/1
+    "gsa_resnet": ((4, 8, 16, 32), (1, 2, 4, 8)),
+}
+
+
+def stage_strides(backbone: str, small_stem: bool = False) -> Optional[tuple[int, ...]]:
+    """How much each stage of ``backbone`` has downsampled its input (``None``: not known here)."""
+    m = re.fullmatch(r"([a-z_]+?)\d+", backbone)
+    family = _FAMILY_STRIDES.get(m.group(1)) if m else None
+    return None if family is None else family[1 if small_stem else 0]
+
+
+def min_resolution(backbone: str, small_stem: bool = False, attention_stages: Sequence[int] = ()) -> int:
+    """The smallest input (px) a trial can use: ``MIN_RES``, at least one pixel left after the
+    last stage, and at least 2x2 positions at every stage that has attention (attention over a
+    single position is a constant: non-local's sub-sampling pool fails on it, and a 1-px
+    training resolution "trains" to NaN)."""
+    strides = stage_strides(backbone, small_stem)
+    if strides is None:
+        return MIN_RES
+    need = max(MIN_RES, strides[-1])
+    for s in attention_stages:
+        need = max(need, 2 * strides[s - 1])
+    return need
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has the type a block constructor declares (strict: a bool is not a
+    number, a string is not a number, a float must be finite; ints are accepted for floats)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for t in options:
+        if t is type(None):
+            ok = value is None
+        elif t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif t is str:
+            ok = isinstance(value, str)
+        else:  # a type this check does not know: the block's constructor decides
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+def _describe(annotation: Any) -> str:
+    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in options)
+
+
+def attention_param_problems(kind: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(param, problem)`` for each block parameter whose value has the wrong type, checked
+    against the block constructor's annotations before the constructor runs (whose own checks
+    would fail with "'>' not supported between 'str' and 'int'").  Unknown kinds and unknown
+    parameter names are left to ``blocks.resolve_spec``, which names them."""
+    from blocks import registry
+
+    try:
+        entry = registry.get(kind)
+    except KeyError:
+        return []
+    sig = inspect.signature(entry.cls, eval_str=True)
+    out = []
+    for name, value in params.items():
+        p = sig.parameters.get(name)
+        if p is not None and not _accepts(p.annotation, value):
+            out.append((name, f"expected {_describe(p.annotation)}, got {value!r}"))
+    return out
+
+
+def _placement_problems(attention: Any) -> list[tuple[str, str]]:
+    """Type problems of the placement keys (``stages``, ``slot``, ``every``) of an attention mapping."""
+    out = []
+    stages = attention.get("stages")
+    if stages is not None and not (isinstance(stages, list) and stages
+                                   and all(isinstance(x, int) and not isinstance(x, bool) for x in stages)):
+        if not (isinstance(stages, int) and not isinstance(stages, bool)):
+            out.append(("stages", f"expected a non-empty list of stage numbers like [1, 2], got {stages!r}"))
+    if "slot" in attention and not isinstance(attention["slot"], str):
+        out.append(("slot", f"expected a slot name, got {attention['slot']!r}"))
+    every = attention.get("every")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool)):
+        out.append(("every", f"expected an integer >= 1, got {every!r}"))
+    return out
+
+
+def attention_problems(attention: Any) -> list[tuple[str, str]]:
+    """``(key, problem)`` for type errors in an attention spec (a name or a mapping)."""
+    if not isinstance(attention, dict) or attention.get("kind") in (None, "none", "baseline"):
+        return []
+    kind = attention["kind"]
+    if not isinstance(kind, str):
+        return [("kind", f"expected a block name, got {kind!r}")]
+    params = {k: v for k, v in attention.items() if k not in ("kind", "stages", "slot", "every")}
+    return _placement_problems(attention) + attention_param_problems(kind, params)
 
 
 class ModelConfig(StrictModel):
@@ -137,7 +305,7 @@ class ModelConfig(StrictModel):
     # A block name, or a mapping {kind, stages, slot, every, <block params>}; None = baseline.
     attention: Optional[Union[str, dict[str, Any]]] = None
     small_stem: bool = False
-    num_classes: Optional[int] = Field(None, gt=0)  # None: the dataset's
+    num_classes: Optional[int] = Field(None, gt=0, le=MAX_CLASSES)  # None: the dataset's
 
     @field_validator("backbone")
     @classmethod
@@ -153,6 +321,10 @@ class ModelConfig(StrictModel):
         from blocks import resolve_spec
         from blocks.backbones import get_backbone
 
+        problems = attention_problems(self.attention)
+        if problems:
+            key, msg = problems[0]
+            raise ValueError(f"attention.{key}: {msg}")
         try:
             resolve_spec(self.attention, self.backbone)
         except KeyError as e:  # unknown block: KeyError carries the message
@@ -172,7 +344,7 @@ class ModelConfig(StrictModel):
 class OptimConfig(StrictModel):
     """``optim``: SGD with momentum, warm-up, cosine/step schedule, label smoothing."""
 
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, gt=0, le=10_000)
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
@@ -269,8 +441,8 @@ class TrialConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = False
     compile: bool = False
-    seed: int = Field(0, ge=0)
-    threads: Optional[int] = Field(None, gt=0)  # torch intra-op threads; None: torch's default
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
+    threads: Optional[int] = Field(None, gt=0, le=1024)  # torch intra-op threads; None: torch's default
     work_dir: Optional[Path] = None  # None: the current directory at config time
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -285,6 +457,20 @@ class TrialConfig(StrictModel):
     def _fill(self) -> "TrialConfig":
         if self.work_dir is None:
             self.work_dir = Path.cwd().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "TrialConfig":
+        """Resolution against what the backbone and the attention need (the sections are valid
+        on their own by now); the message starts with the key it is about."""
+        m, d = self.model, self.data
+        spec = m.resolved_attention()
+        stages = spec.stages if spec is not None else ()
+        need = min_resolution(m.backbone, m.small_stem, stages)
+        for key, res in zip(("train_res", "val_res"), d.resolutions()):
+            if res < need:
+                why = f" with attention at stage {max(stages)}" if stages and need > min_resolution(m.backbone, m.small_stem) else ""
+                raise ValueError(f"data.{key}: {res} px is below the {need} px that {m.backbone}{why} needs")
         return self
 
 
@@ -303,8 +489,10 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; values are parsed as YAML scalars/lists."""
-    import yaml
+    """``"optim.lr=0.05"`` -> ``("optim.lr", 0.05)``; values are YAML 1.2 scalars/lists
+    (``1e-3`` is a number, ``yes`` a string), read within :mod:`pipeline.yamlio`'s limits."""
+    from .errors import ConfigError
+    from .yamlio import parse_scalar
 
     if "=" not in text:
         raise ValueError(f"--set expects key=value, got {text!r}")
@@ -312,40 +500,55 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ValueError(f"--set expects key=value, got {text!r}")
-    return key, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key, parse_scalar(raw, f"--set {key}")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
                       base: Optional[dict[str, Any]] = None) -> TrialConfig:
-    """Read a YAML/JSON trial config, apply ``key=value`` overrides, validate.
+    """Read a YAML/JSON trial config (:func:`pipeline.yamlio.load_file`), apply ``key=value``
+    overrides, validate.
 
-    Raises :class:`pipeline.errors.ConfigError` with one line naming the file/key on failure.
+    Raises :class:`pipeline.errors.ConfigError`: one line per problem, naming ``file:line`` and
+    the key (an override's problem names the ``--set`` key).
     """
     import copy
 
-    import yaml
-
     from .errors import ConfigError
+    from .yamlio import Lines, load_file
 
     tree: dict[str, Any] = copy.deepcopy(base) if base else {}
+    lines: Optional[Lines] = None
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        loaded, lines = load_file(path, what="config file")
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+            raise ConfigError(f"{lines.source}: top level must be a mapping, got {type(loaded).__name__}")
         tree.update(loaded)
+    overridden = set()
     try:
         for text in overrides:
             k, v = parse_override(text)
             _set_dotted(tree, k, v)
+            overridden.add(k)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return validate_trial(tree, source=str(path) if path else None)
+    try:
+        return TrialConfig.model_validate(tree)
+    except Exception as e:  # pydantic.ValidationError
+        if not callable(getattr(e, "errors", None)):
+            raise
+        problems = []
+        for key, msg in validation_problems(e):
+            set_by = next((k for k in overridden if key == k or key.startswith(k + ".")), None)
+            if set_by is not None or lines is None:
+                where = f"--set {set_by}: " if set_by else ""
+            else:
+                where = f"{lines(*key.split('.'))}: "
+            problems.append(f"{where}{key or 'config'}: {msg}")
+        raise ConfigError.many(problems) from None
 
 
 def validate_trial(tree: dict[str, Any], source: Optional[str] = None) -> TrialConfig:
@@ -359,14 +562,134 @@ def validate_trial(tree: dict[str, Any], source: Optional[str] = None) -> TrialC
         raise ConfigError(format_validation_error(e, source)) from None
 
 
+_KEY_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)+): ")
+
+
+def validation_problems(e: Any) -> list[tuple[str, str]]:
+    """Every pydantic error as ``(dotted key, message)``.
+
+    Unknown keys read "unknown key"; a model-level error whose message starts with a dotted key
+    (``data.train_res: ...``) is given that key, and a block-parameter error inside
+    ``model.attention`` gets ``model.attention.<param>``.
+    """
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        m = _KEY_PREFIX.match(msg)
+        if m:
+            key = m.group(1)
+            loc = f"{loc}.{key}" if loc and not key.startswith(loc + ".") and key.split(".")[0] not in \
+                TrialConfig.model_fields else key
+            msg = msg[m.end():]
+        out.append((loc, msg))
+    return out
+
+
 def format_validation_error(e: Any, source: Optional[str] = None) -> str:
-    """The first pydantic error as one line: ``file: key.path: message``."""
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    msg = msg.removeprefix("Value error, ")
+    """The first pydantic error as one line: ``file: key.path: message (and N more)``."""
+    problems = validation_problems(e)
+    loc, msg = problems[0]
     where = f"{source}: " if source else ""
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{where}{loc or 'config'}: {msg}{more}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trial is (its identity), and what applies to it (its MLflow params).
+# ---------------------------------------------------------------------------------------------
+
+# Keys that say where and how fast a trial runs, not what it computes: changing them keeps a
+# trial's id (moving a data set, more loader workers, another work folder; --resume still
+# finds every trial).  Kept in the identity on purpose: data.backend (FFCV and torch decode
+# differently), device and precision (``precision: auto`` is bf16 on CUDA, fp32 on CPU),
+# channels_last and compile (kernels, hence rounding, differ), data.ffcv_os_cache (sample order).
+EXECUTION_ONLY = (
+    "name",  # a label (the grid writes the trial id here)
+    "threads", "work_dir", "checkpoint", "tracking", "fault",
+    "data.root", "data.workers", "data.beton_dir",  # where the data is, how many readers
+    "data.val_batch_size",  # evaluation runs in eval mode: the batch size does not change results
+)
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *path, last = dotted.split(".")
+    node = tree
+    for p in path:
+        node = node.get(p)
+        if not isinstance(node, dict):
+            return
+    node.pop(last, None)
+
+
+def identity_tree(dump: dict[str, Any]) -> dict[str, Any]:
+    """A trial config (``model_dump(mode="json")``) without :data:`EXECUTION_ONLY` keys.
+
+    ``data.jpeg_dir`` becomes whether a JPEG copy is read (its location does not matter, its
+    use does: the copy is resized and re-encoded).  Returns a new tree; ``dump`` is unchanged.
+    """
+    import copy
+
+    out = copy.deepcopy(dump)
+    for key in EXECUTION_ONLY:
+        _drop(out, key)
+    if isinstance(out.get("data"), dict) and "jpeg_dir" in out["data"]:
+        out["data"]["jpeg_dir"] = out["data"]["jpeg_dir"] is not None
+    return out
+
+
+_FFCV_ONLY = ("beton_dir", "max_res", "write_mode", "jpeg_quality", "compress_prob", "ffcv_os_cache")
+_STYLE_KEYS = {"imagenet": ("rrc_scale", "rrc_ratio", "val_crop_ratio"), "cifar": ("crop_padding",),
+               "digits": ("crop_padding",), "none": ()}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"optim": {"lr": 0.1}} -> {"optim.lr": "0.1"}``; lists are joined with commas."""
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = ",".join(str(x) for x in v)
+        else:
+            out[key] = "None" if v is None else str(v)
+    return out
+
+
+def applicable_params(cfg: TrialConfig) -> dict[str, str]:
+    """The trial's MLflow params: dotted keys (``optim.lr``) -> text, only the keys that apply.
+
+    Left out: labels and execution settings (name, threads, work_dir, checkpoint, tracking,
+    fault); ``data.synthetic.*`` unless the dataset is synthetic; the FFCV write/read keys with
+    the torch backend and ``data.jpeg_dir`` with FFCV; augmentation keys of another style
+    (random-resized-crop keys for a CIFAR-style trial, crop padding for an ImageNet-style one);
+    ``optim.milestones``/``gamma`` unless the schedule is ``step``; ``optim.warmup_start``
+    without warm-up.  The attention is its resolved spec under ``attn.*`` (``attn.kind``,
+    ``attn.stages``, ``attn.slot`` and that block's parameters only; ``attn.kind: none`` for a
+    baseline).
+    """
+    tree = cfg.model_dump(mode="json", exclude={"name", "threads", "work_dir", "checkpoint", "tracking", "fault"})
+    tree["model"].pop("attention", None)
+    d, o = tree["data"], tree["optim"]
+    if cfg.data.dataset != "synthetic":
+        d.pop("synthetic")
+    if cfg.data.backend == "torch":
+        for k in _FFCV_ONLY:
+            d.pop(k)
+    elif cfg.data.backend == "ffcv":
+        d.pop("jpeg_dir")
+    style = catalog.info(cfg.data.dataset).style if cfg.data.augment == "auto" else cfg.data.augment
+    for st, keys in _STYLE_KEYS.items():
+        for k in keys:
+            if st != style and k not in _STYLE_KEYS.get(style, ()):
+                d.pop(k, None)
+    if cfg.optim.schedule != "step":
+        o.pop("milestones")
+        o.pop("gamma")
+    if cfg.optim.warmup_epochs == 0:
+        o.pop("warmup_start")
+    out = flatten(tree)
+    spec = cfg.model.resolved_attention()
+    out.update(flatten({"attn": spec.as_dict() if spec is not None else {"kind": "none"}}))
+    return out

@@ -1,19 +1,24 @@
-"""Name -> dataset registry (like ``blocks.registry``).
+"""Name -> dataset loader registry (like ``blocks.registry``).
 
 A dataset module declares one :class:`DatasetEntry` per name with ``@register``; its loader
 turns a :class:`~pipeline.config.DataConfig` into a :class:`~pipeline.data.source.Source`.
-Nothing here imports an outside engine.
+
+The names, and what is known about each dataset without reading it, are plain data in the leaf
+:mod:`pipeline.catalog` (the only module of ours imported here; ``pipeline.config`` uses the
+catalog alone, so validating a config imports neither this package nor torch).  ``register``
+refuses a name the catalog does not list, or one whose style/root need disagrees with it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from pipeline import catalog
+from pipeline.catalog import STYLES
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import DataConfig
     from pipeline.data.source import Source
-
-STYLES = ("imagenet", "cifar", "digits", "none")
 
 # Field kinds a dataset can declare; pipeline/data/ffcv_backend.py maps each to a writer field
 # and a decoding pipeline, pipeline/data/torch_loader.py to tensors of the same meaning.
@@ -48,6 +53,13 @@ def register(name: str, *, style: str, needs_root: bool, description: str = "",
         if kind not in FIELD_KINDS:
             raise ValueError(f"field {fname!r} of {name!r}: kind must be one of {FIELD_KINDS}")
 
+    known = catalog.DATASETS.get(name)
+    if known is None:
+        raise ValueError(f"dataset {name!r} is not in pipeline/catalog.py; add it there first")
+    if (known.style, known.needs_root) != (style, needs_root):
+        raise ValueError(f"dataset {name!r}: style/needs_root ({style}, {needs_root}) disagree with "
+                         f"pipeline/catalog.py ({known.style}, {known.needs_root})")
+
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} registered twice")
@@ -63,8 +75,8 @@ def _ensure_loaded() -> None:
 
 
 def names() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    """Every dataset name (the catalog's; each has a loader once the modules are imported)."""
+    return catalog.names()
 
 
 def get(name: str) -> DatasetEntry:
