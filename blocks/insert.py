@@ -3,12 +3,21 @@
 An attention spec names a block and where it goes (timm's byobnet-style attention slots):
 
 * ``gate``        — on the residual branch, after its last BN, before the identity add
-                    (SE/CBAM/SSA placement, paper Fig. 3 of arXiv:1709.01507);
+                    (SE/CBAM/SSA placement, paper Fig. 3 of arXiv:1709.01507): the residual
+                    block's ``attn`` attribute;
 * ``after_block`` — a stage block after every ``every``-th residual block of the stage
                     (the official non-local placement: every other block of res3/res4);
 * ``stage_end``   — one stage block after the last residual block of the stage;
 * ``replace_conv``— the block replaces the residual branch's 3×3 conv (GSA, SASA); where that
                     conv had stride 2 the block is followed by a 2×2 average pool.
+
+``after_block``/``stage_end`` blocks are held in the stage's ``attn`` ModuleDict (keyed by the
+index of the residual block they follow), so the backbone's own state-dict keys never change —
+except under ``replace_conv``, where the replaced conv is gone (:mod:`blocks.backbones.base`).
+
+``build_model(..., pretrained=PATH)`` loads the backbone's weights from a local checkpoint
+before the attention is inserted, so the attention stays at its initialisation
+(:func:`blocks.backbones.pretrained.load_backbone_weights`).
 
 Specs are plain mappings (YAML/JSON friendly).  Every key that is not ``kind``, ``stages``,
 ``slot`` or ``every`` is a parameter of the block and is checked against its constructor::
@@ -23,12 +32,14 @@ Stages are numbered from 1; negative numbers count from the last stage (-1 = las
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch.nn as nn
 
 from . import registry
 from .backbones import Backbone, build_backbone, get_backbone, residual_blocks
+from .backbones.pretrained import load_backbone_weights
 
 SPEC_KEYS = ("kind", "stages", "slot", "every")
 NONE_NAMES = (None, "none", "baseline")
@@ -134,18 +145,6 @@ def resolve_spec(attention: Any, backbone: str | int) -> AttentionSpec | None:
     return AttentionSpec(kind=kind, stages=stages, slot=slot, every=every, params=dict(params))
 
 
-class NormThenAttn(nn.Module):
-    """``gate`` slot: the residual branch's last BN followed by the attention block."""
-
-    def __init__(self, norm: nn.Module, attn: nn.Module):
-        super().__init__()
-        self.norm = norm
-        self.attn = attn
-
-    def forward(self, x):
-        return self.attn(self.norm(x))
-
-
 def insert_attention(net: Backbone, spec: AttentionSpec) -> list[nn.Module]:
     """Insert the stage block of ``spec`` into ``net`` in place; return the inserted modules."""
     inserted: list[nn.Module] = []
@@ -160,8 +159,9 @@ def insert_attention(net: Backbone, spec: AttentionSpec) -> list[nn.Module]:
         blocks = residual_blocks(stage)
         if spec.slot == "gate":
             for b in blocks:
-                norm = getattr(b, b.last_norm_name)
-                setattr(b, b.last_norm_name, NormThenAttn(norm, make(norm.num_features)))
+                if b.attn is not None:
+                    raise ValueError(f"gate: a block of stage {s} already has attention {type(b.attn).__name__}")
+                b.attn = make(b.out_channels)
         elif spec.slot == "replace_conv":
             for b in blocks:
                 conv = getattr(b, b.spatial_conv_name)
@@ -172,25 +172,33 @@ def insert_attention(net: Backbone, spec: AttentionSpec) -> list[nn.Module]:
                 if conv.stride != (1, 1):
                     attn = nn.Sequential(attn, nn.AvgPool2d(conv.stride, ceil_mode=True))
                 setattr(b, b.spatial_conv_name, attn)
-        else:  # after_block / stage_end
+        else:  # after_block / stage_end: held in stage.attn, keyed by the block they follow
             every = len(blocks) if spec.slot == "stage_end" else spec.every
-            new: list[nn.Module] = []
-            for i, b in enumerate(blocks):
-                new.append(b)
+            for i in range(len(blocks)):
                 if (i + 1) % every == 0:
-                    new.append(make(net.stage_channels[s - 1]))
-            net.stages[s - 1] = nn.Sequential(*new)
+                    if str(i) in stage.attn:
+                        raise ValueError(f"{spec.slot}: stage {s} already has attention after block {i}")
+                    stage.attn[str(i)] = make(net.stage_channels[s - 1])
     return inserted
 
 
-def build_model(backbone: str, num_classes: int, attention: Any = None, small_stem: bool = False) -> nn.Module:
+def build_model(backbone: str, num_classes: int, attention: Any = None, small_stem: bool = False,
+                pretrained: str | Path | None = None) -> nn.Module:
     """Build ``backbone`` with ``attention`` (a spec, see the module docstring) applied.
+
+    ``pretrained``: a local checkpoint of the backbone (for the torchvision ResNets a torchvision
+    state dict; also ``{"state_dict": ...}`` or ``{"model": ...}``), loaded before the attention
+    is inserted; nothing is downloaded.  A classifier ``fc`` of another class count is skipped
+    with a warning (and always skipped for model-level attention, which has its own classifier).
 
     The returned model carries ``attention_spec`` (the resolved :class:`AttentionSpec` or None)
     and ``attention_modules`` (the inserted blocks) for logging and cost reports.
     """
     spec = resolve_spec(attention, backbone)
     net = build_backbone(backbone, num_classes, small_stem=small_stem)
+    if pretrained is not None:
+        model_level = spec is not None and registry.get(spec.kind).kind == "model"
+        load_backbone_weights(net, pretrained, load_fc=not model_level)
     if spec is None:
         net.attention_spec, net.attention_modules = None, []
         return net

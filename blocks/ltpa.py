@@ -24,17 +24,24 @@ fully connected layers before the classifier and the attended layers have g's 51
   ResNet's own pre-classifier feature) followed by one learnt linear map to ``global_dim``
   (default: the last stage's width, so that stage needs no projection, as in the paper's VGG).
   No non-linearity after it.  ``g`` comes from the last backbone stage even when it is not
-  among the attended stages.  Cost of the default (``python -m blocks.cost``): CIFAR
-  ResNet-20 +9,354 parameters (0.0406 → 0.0422 GMACs at 32×32); ResNet-50 at 224², where
-  stages 2-3 are projected *up* to 2048, +13.5M parameters and 4.09 → 5.33 GMACs —
-  ``global_dim=512`` (projecting down, the paper's direction) costs +4.2M and 4.24 GMACs.
+  among the attended stages.  Costs per configuration: ``python -m blocks.cost``.
+* g is built only where it can act.  With the paper's default, ``pc`` compatibility and the
+  softmax, ``⟨u, l_i + g⟩ = ⟨u, l_i⟩ + ⟨u, g⟩`` and the second term is the same at every
+  position i, so the softmax over positions cancels it: g, and the linear map that makes it,
+  cannot change the output (their gradients are exactly zero).  We keep ``pc`` + softmax as the
+  default (the paper's best model) and build no global map for it — the function is the same
+  one, with ``W_g``, ``b_g`` removed (``global_fc`` is None).  With ``dp`` (``⟨l_i, g⟩`` varies
+  with i) or with the sigmoid (no normalisation over positions) g matters and the map is built.
+  A consequence: with ``pc`` + softmax and the last stage not attended, the stages after the
+  deepest attended one do not reach the logits (the forward stops there).
 * Default stages (-3, -2, -1): the last three stages, the paper's three attended layers
   (VGG-att3: layers 7, 10, 13).  On a 3-stage CIFAR ResNet that is every stage.
 * Local features are the stage outputs (after the residual add and ReLU).
 * ``u^s`` as a 1×1 conv to one channel without bias (a bias is a shift every softmax ignores).
 * The backbone's ``fc`` is replaced by ``nn.Identity`` (it is never used), so the model's
   parameters are ``backbone − fc + attention_modules`` and every parameter gets a gradient.
-  ``attention_modules`` = [global map, projections, compatibility vectors, classifier].
+  ``attention_modules`` = [global map (where built), projections, compatibility vectors,
+  classifier].
 * ``normalise="sigmoid"``: not one of the paper's evaluated variants; a widely used unofficial
   PyTorch port offers it (``normalize_attn=False``).  There ``a_i = σ(c_i)`` and we take the *mean* over positions
   ``g_a^s = (1/n) Σ_i a_i l̂_i`` so the descriptor keeps a pooled feature's scale.  The paper's
@@ -75,16 +82,18 @@ class LTPAAttend(MapsMixin, nn.Module):
         self.project = nn.Conv2d(channels, global_dim, 1, bias=False) if channels != global_dim else None
         self.u = nn.Conv2d(global_dim, 1, 1, bias=False) if compat == "pc" else None  # u^s, Eq. 1
 
-    def forward(self, l: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``l``: (N, C_s, H, W), ``g``: (N, D) -> ``g_a``: (N, D)."""
+    def forward(self, l: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """``l``: (N, C_s, H, W), ``g``: (N, D) or None (pc + softmax) -> ``g_a``: (N, D)."""
         if self.project is not None:
             l = self.project(l)  # (N, D, H, W)   l̂
         n, d, h, w = l.shape
-        gg = g[:, :, None, None]  # (N, D, 1, 1)
         if self.u is not None:
-            c = self.u(l + gg)  # (N, 1, H, W)   Eq. 1, pc
+            # Eq. 1, pc: ⟨u, l̂_i + g⟩ = ⟨u, l̂_i⟩ + ⟨u, g⟩; the second term only where g is built
+            c = self.u(l)  # (N, 1, H, W)
+            if g is not None:
+                c = c + self.u(g[:, :, None, None])  # (N, 1, 1, 1) broadcast over positions
         else:
-            c = (l * gg).sum(1, keepdim=True)  # (N, 1, H, W)   Eq. 1, dp
+            c = (l * g[:, :, None, None]).sum(1, keepdim=True)  # (N, 1, H, W)   Eq. 1, dp
         c = c.reshape(n, 1, h * w)
         if self.normalise == "softmax":
             a = safe_softmax(c, dim=-1)  # (N, 1, HW)   Eq. 2
@@ -120,7 +129,9 @@ class LearnToPayAttention(nn.Module):
         backbone.fc = nn.Identity()  # replaced by self.classifier; kept out of the parameters
         self.attended_stages = stages
         self.aggregate = aggregate
-        self.global_fc = nn.Linear(last, dim)  # g = W_g GAP(last stage) + b_g
+        # g = W_g GAP(last stage) + b_g, only where it acts (module doc: pc + softmax cancels it)
+        needs_g = compat == "dp" or normalise == "sigmoid"
+        self.global_fc = nn.Linear(last, dim) if needs_g else None
         self.attend = nn.ModuleList(
             LTPAAttend(backbone.stage_channels[s - 1], dim, compat, normalise) for s in stages
         )
@@ -129,12 +140,14 @@ class LearnToPayAttention(nn.Module):
         else:
             self.classifier = nn.ModuleList(nn.Linear(dim, num_classes) for _ in stages)
         # A plain list (not registered twice): what this model adds to the backbone.
-        object.__setattr__(self, "attention_modules", [self.global_fc, self.attend, self.classifier])
+        modules = [self.global_fc] if self.global_fc is not None else []
+        object.__setattr__(self, "attention_modules", modules + [self.attend, self.classifier])
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``g`` (N, D) and the attended descriptors ``[g_a^s]`` (N, D each), stage order."""
-        feats = self.backbone.forward_stages(x)  # [(N, C_s, H_s, W_s)]
-        g = self.global_fc(feats[-1].mean((2, 3)))  # (N, D)
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """``g`` (N, D; None where not built) and the descriptors ``[g_a^s]`` (N, D each)."""
+        depth = self.backbone.num_stages if self.global_fc is not None else max(self.attended_stages)
+        feats = self.backbone.forward_stages(x, depth)  # [(N, C_s, H_s, W_s)], stages 1..depth
+        g = self.global_fc(feats[-1].mean((2, 3))) if self.global_fc is not None else None  # (N, D)
         return g, [att(feats[s - 1], g) for s, att in zip(self.attended_stages, self.attend)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,10 @@ What we implement (image-only: no temporal part):
   ``x_p^k = BN_k(W_k R(F_k)_p)`` (pooling before the conv: the two commute, pooling first is
   cheaper).  BN puts the scales on one footing for the products below.
 * Score (our choice; the paper's exact form is unavailable):
-  ``s_p = b + Σ_k ⟨u_k, x_p^k⟩ + Σ_{k<m} ⟨v_km, x_p^k ⊙ x_p^m⟩``.
+  ``s_p = Σ_k ⟨u_k, x_p^k⟩ + Σ_{k<m} ⟨v_km, x_p^k ⊙ x_p^m⟩``.  No bias: the paper's
+  per-scale projection has one (``w_k`` + bias), but a constant added to every score cannot
+  change the softmax over positions, so under the default normalisation it would be a dead
+  parameter; we leave it out under both normalisations (with ``sigmoid`` a bias would act).
   The first sum is the paper's per-scale linear projection with the score maps fused by sum
   (summing logits before a softmax = multiplying the per-scale softmax maps).  The second sum,
   ``interaction="product"`` (default), scores the *cross-scale interaction* at each position:
@@ -78,7 +81,7 @@ class SpatialPyramidAttention(MapsMixin, nn.Module):
         )
         k = len(channels)
         self.pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
-        self.score = nn.Conv2d(k * dim, 1, 1)  # b + Σ_k ⟨u_k, x^k⟩
+        self.score = nn.Conv2d(k * dim, 1, 1, bias=False)  # Σ_k ⟨u_k, x^k⟩ (no bias: see module doc)
         self.score_pair: nn.Conv2d | None = None
         if interaction == "product" and self.pairs:
             self.score_pair = nn.Conv2d(len(self.pairs) * dim, 1, 1, bias=False)  # Σ ⟨v_km, x^k ⊙ x^m⟩

@@ -8,9 +8,7 @@ import torch
 
 import blocks
 from blocks.cost import count_params, model_cost
-from conftest import needs_torchvision, torchvision_ok
-
-BACKBONES = [b for b in blocks.backbone_names() if torchvision_ok() or b.startswith("cifar")]
+BACKBONES = blocks.backbone_names()  # none of them imports torchvision
 
 
 def n_params(m):
@@ -47,7 +45,6 @@ def test_cifar_resnet_counts(depth):
     assert c["gmacs"] * 1e3 == pytest.approx(CIFAR_MMACS[depth], abs=0.01)
 
 
-@needs_torchvision
 @pytest.mark.parametrize("depth,params,gmacs", [(18, 11_689_512, 1.814), (34, 21_797_672, 3.664),
                                                 (50, 25_557_032, 4.089), (101, 44_549_160, 7.801)])
 def test_torchvision_resnet_counts(depth, params, gmacs):
@@ -56,7 +53,6 @@ def test_torchvision_resnet_counts(depth, params, gmacs):
     assert c["gmacs"] == pytest.approx(gmacs, abs=0.001)
 
 
-@needs_torchvision
 @pytest.mark.parametrize("backbone,attention,params", [
     ("resnet50", "se", 28_088_024),
     ("resnet50", {"kind": "se", "bias": False}, 28_071_976),
@@ -91,17 +87,57 @@ def test_slots_insert_where_asked(spec, count):
     assert m(x).shape == (1, 10)
 
 
-def test_gate_sits_after_last_bn_before_add():
-    m = blocks.build_model("cifar_resnet20", 10, attention={"kind": "se", "stages": [1]})
+@pytest.mark.parametrize("backbone,bn,x_shape", [("cifar_resnet20", "bn2", (1, 16, 8, 8)),
+                                                  ("resnet18", "bn2", (1, 64, 8, 8)),
+                                                  ("resnet50", "bn3", (1, 64, 8, 8)),
+                                                  ("gsa_resnet50", "bn3", (1, 64, 8, 8))])
+def test_gate_sits_after_last_bn_before_add(backbone, bn, x_shape):
+    m = blocks.build_model(backbone, 10, attention={"kind": "se", "stages": [1]}).eval()
     block = m.stages[0][0]
     seen = []
-    block.bn2.norm.register_forward_hook(lambda mod, i, o: seen.append(("bn", o)))
-    block.bn2.attn.register_forward_hook(lambda mod, i, o: seen.append(("attn", i[0], o)))
-    x = torch.randn(1, 16, 8, 8)
+    getattr(block, bn).register_forward_hook(lambda mod, i, o: seen.append(("bn", o)))
+    block.attn.register_forward_hook(lambda mod, i, o: seen.append(("attn", i[0], o)))
+    x = torch.randn(*x_shape)
+    shortcut = getattr(block, "downsample", None) or getattr(block, "shortcut", None)
+    idt = shortcut(x) if shortcut is not None else x
     out = block(x)
     assert [s[0] for s in seen] == ["bn", "attn"]
     assert torch.equal(seen[1][1], seen[0][1])  # gate input is the BN output
-    assert torch.allclose(out, torch.relu(seen[1][2] + x))  # then the identity add
+    assert torch.allclose(out, torch.relu(seen[1][2] + idt))  # then the identity add
+
+
+@pytest.mark.parametrize("backbone", ["cifar_resnet20", "resnet18", "resnet50"])
+@pytest.mark.parametrize("slot", ["gate", "after_block", "stage_end", "replace_conv"])
+def test_attention_leaves_backbone_keys_unchanged(backbone, slot):
+    """Every slot adds keys of its own; only replace_conv removes the conv it replaces."""
+    base = blocks.build_model(backbone, 10)
+    m = blocks.build_model(backbone, 10, attention={"kind": "se", "slot": slot})
+    keys, base_keys = set(m.state_dict()), set(base.state_dict())
+    own = {k for k in keys if ".attn." in k or ".conv2." in k and slot == "replace_conv"}
+    assert keys - base_keys == own and own
+    removed = base_keys - keys
+    if slot == "replace_conv":
+        assert removed and all(k.endswith("conv2.weight") for k in removed)
+    else:
+        assert not removed
+    # the keys name the module that holds them
+    for k in own:
+        assert m.get_submodule(k.rsplit(".", 1)[0]) in {mod for a in m.attention_modules for mod in a.modules()}
+    x = torch.randn(2, 3, 19, 13)
+    assert m(x).shape == (2, 10)
+
+
+def test_after_block_runs_after_the_right_blocks():
+    m = blocks.build_model("cifar_resnet20", 10, attention={"kind": "se", "slot": "after_block",
+                                                             "stages": [2], "every": 2})
+    stage = m.stages[1]
+    assert sorted(stage.attn) == ["1"] and len(stage) == 3
+    order = []
+    for i, b in enumerate(stage):
+        b.register_forward_hook(lambda mod, i_, o, i=i: order.append(f"block{i}"))
+    stage.attn["1"].register_forward_hook(lambda mod, i_, o: order.append("attn"))
+    stage(torch.randn(1, 16, 8, 8))
+    assert order == ["block0", "block1", "attn", "block2"]
 
 
 def test_replace_conv_keeps_stride_on_odd_inputs():

@@ -65,15 +65,21 @@ def test_every_parameter_gets_a_gradient(compat):
             assert p.grad.abs().sum() > 0, f"attention parameter {name} has an all-zero gradient"
 
 
-def naive(m, x):
-    """Eq. 1-3 and the concat/indep classifier, one position at a time, from the weights."""
+def naive(m, x, global_fc=None):
+    """Eq. 1-3 and the concat/indep classifier, one position at a time, from the weights.
+
+    g = W_g GAP(last stage) + b_g from ``global_fc`` if given, else from the model's own map
+    (if it has one); with neither, Eq. 1 pc is ⟨u, l̂_i⟩.
+    """
     feats = m.backbone.forward_stages(x)
     n = x.shape[0]
-    wg, bg = m.global_fc.weight, m.global_fc.bias
+    global_fc = global_fc if global_fc is not None else m.global_fc
     logits, maps, descs = [], [], []
     for b in range(n):
         last = feats[-1][b]
-        g = wg @ (last.sum((1, 2)) / (last.shape[1] * last.shape[2])) + bg  # g = W_g GAP + b_g
+        g = None
+        if global_fc is not None:
+            g = global_fc.weight @ (last.sum((1, 2)) / (last.shape[1] * last.shape[2])) + global_fc.bias
         ga_all, maps_b = [], []
         for s, att in zip(m.attended_stages, m.attend):
             f = feats[s - 1][b]  # (C_s, H, W)
@@ -84,7 +90,7 @@ def naive(m, x):
                 for j in range(w):
                     l = f[:, i, j] if proj is None else proj @ f[:, i, j]  # l̂_i
                     if att.u is not None:
-                        c = att.u.weight[0, :, 0, 0] @ (l + g)  # Eq. 1 pc
+                        c = att.u.weight[0, :, 0, 0] @ (l + g if g is not None else l)  # Eq. 1 pc
                     else:
                         c = l @ g  # Eq. 1 dp
                     ls.append(l)
@@ -133,6 +139,54 @@ def test_matches_naive_loop(compat, normalise, aggregate):
             torch.testing.assert_close(a.sum((1, 2)), torch.ones(2), rtol=0, atol=1e-5)
 
 
+def test_paper_default_is_pc_softmax_without_global_map():
+    """pc is the default (the paper's); under the softmax ⟨u, g⟩ is a per-image constant, so g
+    and its linear map are not built — and the model is the same function as one that has them."""
+    defaults = blocks.get("ltpa").param_defaults()
+    assert (defaults["compat"], defaults["normalise"]) == ("pc", "softmax")
+    m = build().double()
+    randomise(m)
+    m.eval()
+    assert m.global_fc is None
+    assert not any("global" in n for n, _ in m.named_parameters())
+    proj = torch.nn.Linear(64, 64).double()  # the version with the projection: W_g, b_g random
+    with torch.no_grad():
+        proj.weight.mul_(5.0)
+        proj.bias.normal_(0.0, 3.0)
+    x = torch.randn(*X_SHAPE, dtype=torch.float64)
+    with torch.no_grad():
+        y = m(x)
+        with_g, _, _ = naive(m, x, global_fc=proj)
+        without_g, _, _ = naive(m, x)
+    torch.testing.assert_close(y, with_g, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(with_g, without_g, rtol=1e-10, atol=1e-12)
+    # the g term is not small: it shifts the scores by ⟨u, g⟩, which differs per image
+    feats = m.backbone.forward_stages(x)
+    g = proj(feats[-1].mean((2, 3)))  # (N, 64)
+    shift = g @ m.attend[0].u.weight[0, :, 0, 0]  # (N,)
+    assert shift.abs().min() > 0.1 and (shift[0] - shift[1]).abs() > 0.1
+
+
+@pytest.mark.parametrize("compat,normalise", [("dp", "softmax"), ("pc", "sigmoid"), ("dp", "sigmoid")])
+def test_global_map_acts_with_dp_or_sigmoid(compat, normalise):
+    m = build(compat=compat, normalise=normalise).double()
+    randomise(m)
+    m.train()
+    assert m.global_fc is not None
+    m(torch.randn(*X_SHAPE, dtype=torch.float64)).logsumexp(1).mean().backward()
+    for name in ("weight", "bias"):
+        grad = getattr(m.global_fc, name).grad
+        assert grad.abs().max() > 1e-6, f"global_fc.{name} has no effect with {compat}/{normalise}"
+
+
+def test_pc_softmax_stops_at_the_deepest_attended_stage():
+    """Without g nothing after the deepest attended stage reaches the logits (module doc)."""
+    m = build(stages=[1, 2])
+    m(torch.randn(*X_SHAPE)).sum().backward()
+    assert all(p.grad is None for p in m.backbone.stages[2].parameters())
+    assert all(p.grad is not None for p in m.backbone.stages[1].parameters())
+
+
 def test_attention_sums_to_one_float32():
     m = build().eval()
     with torch.no_grad(), capture_maps(m) as maps:
@@ -149,8 +203,12 @@ def test_parameter_accounting():
     # The model replaces the backbone's classifier: model = backbone − fc + attention.
     expected = count_params(m) - (count_params(base) - count_params(base.fc))
     assert attention_params(m) == expected
-    # global map 64→64, projections 16→64 and 32→64 (stage 3 already 64), u ×3, classifier 192→10
-    assert expected == (64 * 64 + 64) + (16 * 64 + 32 * 64) + 3 * 64 + (3 * 64 * 10 + 10)
+    # pc + softmax: no global map; projections 16→64 and 32→64 (stage 3 already 64), u ×3,
+    # classifier 192→10
+    assert expected == (16 * 64 + 32 * 64) + 3 * 64 + (3 * 64 * 10 + 10)
+    # dp builds the global map 64→64 (g acts there)
+    dp = build(compat="dp")
+    assert attention_params(dp) == (64 * 64 + 64) + (16 * 64 + 32 * 64) + (3 * 64 * 10 + 10)
     att_ids = {id(p) for mod in m.attention_modules for p in mod.parameters()}
     bb_ids = {id(p) for p in m.backbone.parameters()}
     assert not att_ids & bb_ids

@@ -93,7 +93,7 @@ def naive(m, x):
         s = torch.empty(h, w, dtype=x.dtype)
         for i in range(h):
             for j in range(w):
-                sc = att.score.bias[0] + sum(u[k] @ xs[k, i, j] for k in range(k_scales))
+                sc = sum(u[k] @ xs[k, i, j] for k in range(k_scales))
                 if v is not None:
                     for q, (k1, k2) in enumerate(att.pairs):
                         sc = sc + v[q] @ (xs[k1, i, j] * xs[k2, i, j])
@@ -150,8 +150,9 @@ def test_parameter_accounting():
     expected = count_params(m) - (count_params(base) - count_params(base.fc))
     assert attention_params(m) == expected
     d = 256
-    # 1×1 reductions 16/32/64→d with BN (γ, β), u (3d) + b, v (3 pairs · d), classifier 3d→10
-    assert expected == (16 + 32 + 64) * d + 3 * 2 * d + (3 * d + 1) + 3 * d + (3 * d * 10 + 10)
+    # 1×1 reductions 16/32/64→d with BN (γ, β), u (3d, no bias), v (3 pairs · d), classifier 3d→10
+    assert expected == (16 + 32 + 64) * d + 3 * 2 * d + 3 * d + 3 * d + (3 * d * 10 + 10)
+    assert m.pyramid.score.bias is None  # a shift of every score: the softmax ignores it
     att_ids = {id(p) for mod in m.attention_modules for p in mod.parameters()}
     bb_ids = {id(p) for p in m.backbone.parameters()}
     assert not att_ids & bb_ids

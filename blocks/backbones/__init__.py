@@ -4,10 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .base import Backbone, residual_blocks
+from .base import Backbone, Stage, StemStagesBackbone, residual_blocks
 from .cifar import CIFAR_DEPTHS, cifar_resnet
 from .gsa_resnet import GSA_DEPTHS, gsa_resnet
-from .tv_resnet import TV_DEPTHS, tv_resnet
+from .pretrained import load_backbone_weights
+from .tv_resnet import TV_DEPTHS, TVResNet, tv_resnet
 
 
 @dataclass(frozen=True)
@@ -61,5 +62,5 @@ def build_backbone(name: str, num_classes: int, small_stem: bool = False) -> Bac
     return entry.build(num_classes, small_stem=small_stem)
 
 
-__all__ = ["Backbone", "BackboneEntry", "backbone_names", "build_backbone", "get_backbone",
-           "register_backbone", "residual_blocks"]
+__all__ = ["Backbone", "BackboneEntry", "Stage", "StemStagesBackbone", "TVResNet", "backbone_names",
+           "build_backbone", "get_backbone", "load_backbone_weights", "register_backbone", "residual_blocks"]

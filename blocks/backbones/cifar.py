@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone
+from .base import Stage, StemStagesBackbone
 
 
 class PadShortcut(nn.Module):
@@ -28,11 +28,13 @@ class PadShortcut(nn.Module):
 
 
 class CifarBasicBlock(nn.Module):
-    last_norm_name = "bn2"
-    spatial_conv_name = "conv2"
+    """3×3 → BN → ReLU → 3×3 → BN [→ attn], + shortcut, ReLU (``attn``: the ``gate`` slot)."""
+
+    spatial_conv_name = "conv2"  # the conv replace_conv replaces
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()
+        self.out_channels = out_channels
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
@@ -42,17 +44,20 @@ class CifarBasicBlock(nn.Module):
             self.shortcut: nn.Module = PadShortcut(in_channels, out_channels, stride)
         else:
             self.shortcut = nn.Identity()
+        self.attn: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.relu(self.bn1(self.conv1(x)))  # (N, C, H/s, W/s)
+        out = self.bn2(self.conv2(out))  # (N, C, H/s, W/s)
+        if self.attn is not None:
+            out = self.attn(out)
         return self.relu(out + self.shortcut(x))
 
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10) -> Backbone:
+def cifar_resnet(depth: int, num_classes: int = 10) -> StemStagesBackbone:
     if depth not in CIFAR_DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {CIFAR_DEPTHS}, got {depth}")
     n = (depth - 2) // 6
@@ -64,8 +69,8 @@ def cifar_resnet(depth: int, num_classes: int = 10) -> Backbone:
         for b in range(n):
             blocks.append(CifarBasicBlock(cin, w, stride=2 if (i > 0 and b == 0) else 1))
             cin = w
-        stages.append(nn.Sequential(*blocks))
-    net = Backbone(stem, stages, list(widths), num_classes, name=f"cifar_resnet{depth}")
+        stages.append(Stage(blocks))
+    net = StemStagesBackbone(stem, stages, list(widths), num_classes, name=f"cifar_resnet{depth}")
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

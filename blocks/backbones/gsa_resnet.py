@@ -29,21 +29,21 @@ import torch
 import torch.nn as nn
 
 from ..gsa import GSA
-from .base import Backbone
+from .base import Stage, StemStagesBackbone
 
 GSA_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 class GSABottleneck(nn.Module):
-    """1×1 → BN → ReLU → GSA [→ 2×2 avg-pool] → BN → ReLU → 1×1 → BN, + shortcut, ReLU."""
+    """1×1 → BN → ReLU → GSA [→ 2×2 avg-pool] → BN → ReLU → 1×1 → BN [→ attn], + shortcut, ReLU."""
 
     expansion = 4
-    last_norm_name = "bn3"  # the slots of blocks.insert
-    spatial_conv_name = "conv2"
+    spatial_conv_name = "conv2"  # the slot replace_conv of blocks.insert; attn is the gate slot
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, **gsa_params):
         super().__init__()
         out_channels = width * self.expansion
+        self.out_channels = out_channels
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         gsa = GSA(width, **gsa_params)
@@ -57,17 +57,20 @@ class GSABottleneck(nn.Module):
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
             )
+        self.attn: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.downsample is None else self.downsample(x)  # (N, 4w, H/s, W/s)
         y = self.relu(self.bn1(self.conv1(x)))  # (N, w, H, W)
         y = self.relu(self.bn2(self.conv2(y)))  # (N, w, H/s, W/s)
         y = self.bn3(self.conv3(y))  # (N, 4w, H/s, W/s)
+        if self.attn is not None:
+            y = self.attn(y)
         return self.relu(y + idt)
 
 
 def gsa_resnet(depth: int = 50, num_classes: int = 1000, small_stem: bool = False,
-               zero_init_residual: bool = True, **gsa_params) -> Backbone:
+               zero_init_residual: bool = True, **gsa_params) -> StemStagesBackbone:
     """GSA-ResNet-``depth``: ``(N, 3, H, W) -> (N, num_classes)``.
 
     ``zero_init_residual``: start every bottleneck's last BN at γ = 0 (see the module doc).
@@ -87,9 +90,9 @@ def gsa_resnet(depth: int = 50, num_classes: int = 1000, small_stem: bool = Fals
             stride = 2 if (i > 0 and j == 0) else 1
             blocks.append(GSABottleneck(c_in, width, stride, **gsa_params))
             c_in = width * GSABottleneck.expansion
-        stages.append(nn.Sequential(*blocks))
+        stages.append(Stage(blocks))
         channels.append(c_in)
-    model = Backbone(stem, stages, channels, num_classes, name=f"gsa_resnet{depth}")
+    model = StemStagesBackbone(stem, stages, channels, num_classes, name=f"gsa_resnet{depth}")
     for m in model.modules():  # torchvision's init for the conv/BN layers; GSA's own tables untouched
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
