@@ -6,6 +6,13 @@ element-wise ops).  We report GMACs = FLOPs / 2 / 1e9, the unit the papers call 
 (torchvision ResNet-50 v1.5 at 224×224: 4.089 GMACs; v1, as in the papers: 3.858).
 
     python -m blocks.cost --backbone resnet50 --attention cbam --stages 1,2,3,4 --input 224 --json
+
+Computation forms.  Some blocks compute the same function in one of several orders chosen per
+call from the input's shape (``spa``: its value path is ``"folded"`` on large maps, ``"per_pixel"``
+on small ones, whichever has fewer multiply-adds).  Such a block has a method
+``form_for(h, w) -> str``; :func:`describe_forms` runs one forward and lists, for every such
+module, its name in the model, its input size and the form it runs.  ``model_cost`` (and so the
+``--json`` output) carries the same list under ``"forms"`` (empty when no block has forms).
 """
 from __future__ import annotations
 
@@ -20,21 +27,55 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbones import backbone_names, get_backbone
 from .insert import build_model
+from .registry import get, names
 
 
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> int:
-    """Multiply-adds of one forward pass on a single ``(1, channels, H, W)`` image."""
+def _forward_once(model: nn.Module, input_size: tuple[int, int], channels: int = 3
+                  ) -> tuple[int, list[dict[str, Any]]]:
+    """One eval forward on a ``(1, channels, H, W)`` zero image: (multiply-adds, forms)."""
+    forms: list[dict[str, Any]] = []
+    block_name = {get(n).cls: n for n in names()}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            h, w = args[0].shape[-2:]
+            forms.append({"module": name, "block": block_name.get(type(module), type(module).__name__),
+                          "input": [int(h), int(w)], "form": module.form_for(int(h), int(w))})
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()
+               if callable(getattr(m, "form_for", None))]
     was_training = model.training
     model.eval()
     x = torch.zeros(1, channels, *input_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() // 2
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return counter.get_total_flops() // 2, forms
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> int:
+    """Multiply-adds of one forward pass on a single ``(1, channels, H, W)`` image."""
+    return _forward_once(model, input_size, channels)[0]
+
+
+def describe_forms(model: nn.Module, input_size: tuple[int, int], channels: int = 3
+                   ) -> list[dict[str, Any]]:
+    """Which computation form each shape-dependent block runs at this input size.
+
+    One eval forward on a zero image; a list of ``{"module": name in the model, "block":
+    registry name (e.g. "spa"), "input": [H, W] of the block's input, "form": e.g. "folded"}`` in call order, one
+    entry per call of a module with a ``form_for(h, w)`` method (module docstring).
+    """
+    return _forward_once(model, input_size, channels)[1]
 
 
 def attention_params(model: nn.Module) -> int:
@@ -55,7 +96,7 @@ def model_cost(backbone: str, attention: Any = None, input_size: int | tuple[int
     hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     model = build_model(backbone, num_classes, attention=attention, small_stem=small_stem)
     base = build_model(backbone, num_classes, small_stem=small_stem)
-    macs, base_macs = count_macs(model, hw), count_macs(base, hw)
+    (macs, forms), base_macs = _forward_once(model, hw), count_macs(base, hw)
     spec = model.attention_spec
     return {
         "backbone": backbone,
@@ -67,6 +108,7 @@ def model_cost(backbone: str, attention: Any = None, input_size: int | tuple[int
         "backbone_params": count_params(base),
         "gmacs": macs / 1e9,
         "backbone_gmacs": base_macs / 1e9,
+        "forms": forms,
     }
 
 
@@ -117,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"attention         {json.dumps(att) if att else 'none'}")
         print(f"params            {out['params']:,}  (backbone {out['backbone_params']:,}, attention {out['attention_params']:,})")
         print(f"GMACs             {out['gmacs']:.4f}  (backbone {out['backbone_gmacs']:.4f}; 1 MAC = 2 FLOPs)")
+        for f in out["forms"]:
+            print(f"form              {f['module']} ({f['block']}, {f['input'][0]}x{f['input'][1]}): {f['form']}")
     return 0
 
 

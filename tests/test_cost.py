@@ -1,0 +1,56 @@
+"""blocks.cost: SPA's added compute against non-local's at every stage, and the forms report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import blocks
+from blocks.cost import describe_forms, main, model_cost
+
+# (backbone, stages): SPA (stage_end) and non-local (after_block, every 2nd) one stage at a time
+STAGES = [("resnet50", s) for s in (1, 2, 3, 4)] + [
+    (b, s) for b in ("cifar_resnet20", "cifar_resnet56") for s in (1, 2, 3)
+]
+
+
+def _added_gmacs(backbone: str, kind: str, stage: int) -> float:
+    out = model_cost(backbone, {"kind": kind, "stages": [stage]})
+    return out["gmacs"] - out["backbone_gmacs"]
+
+
+@pytest.mark.parametrize("backbone,stage", STAGES)
+def test_spa_adds_no_more_macs_than_nonlocal(backbone, stage):
+    spa, nl = _added_gmacs(backbone, "spa", stage), _added_gmacs(backbone, "nonlocal", stage)
+    assert 0 < spa <= nl, (backbone, stage, spa, nl)
+
+
+def test_spa_resnet50_stage4_near_the_per_pixel_count():
+    """7×7, C = 2048, C' = 1024, k = 12: θ on all 49 positions, θ_K, the Gram matrix and the
+    per-pixel value path — and not the folded one's C·C'·(C'+C) ≈ 6.4 GMACs."""
+    c, cp, hw, k = 2048, 1024, 49, 12
+    expected = c * cp * hw + c * cp * k + cp * cp * k + hw * (2 * c * cp + cp * cp)
+    assert _added_gmacs("resnet50", "spa", 4) == pytest.approx(expected / 1e9, rel=1e-3)
+
+
+def test_describe_forms_lists_each_spa_call():
+    model = blocks.build_model("resnet50", 10, attention={"kind": "spa", "stages": [1, 2, 3, 4]})
+    forms = describe_forms(model, (224, 224))
+    assert [(f["block"], f["input"], f["form"]) for f in forms] == [
+        ("spa", [56, 56], "folded"), ("spa", [28, 28], "per_pixel"),
+        ("spa", [14, 14], "per_pixel"), ("spa", [7, 7], "per_pixel"),
+    ]
+    names = dict(model.named_modules())
+    assert all(f["module"] in names for f in forms)
+    # the form follows the input size: at 448 px stage 2 (56×56, C = 512) folds too
+    assert [f["form"] for f in describe_forms(model, (448, 448))][:2] == ["folded", "folded"]
+    # no form-choosing block: empty
+    assert describe_forms(blocks.build_model("cifar_resnet20", 10, attention={"kind": "se"}), (32, 32)) == []
+
+
+def test_json_carries_forms(capsys):
+    assert main(["--backbone", "cifar_resnet20", "--attention", "spa", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [f["form"] for f in out["forms"]] == ["folded", "folded", "per_pixel"]  # 32², 16², 8²
+    assert main(["--backbone", "cifar_resnet20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["forms"] == []
