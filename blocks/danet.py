@@ -10,6 +10,13 @@ official code's layout (``query_conv`` at the output position, softmax over the 
 is the paper's Eq. 1-2 with the names of the two learned convs B and C swapped, so the family
 of functions is identical.  No 1/√d scale (neither paper nor code has one).
 
+A dead parameter kept on purpose: the key conv's bias (``key.bias``, C/8 values).  A key bias
+b adds Q_p·b to every score of query p — the same for all keys q — and the softmax over keys
+cancels it, so it never changes the output (its gradient is 0).  The official code has it, and
+keeping it keeps the module's parameter count the reference's (1.25C² + 1.25C + 1);
+``tests/test_dead_params.py`` allows exactly this one.  The query bias is live (it adds b·K_q,
+which varies over keys), as is the value bias.
+
 CAM (Sec. 3.3, Eq. 3-4).  With X = A reshaped to C×N (N = HW), the paper's Eq. 3 is
 x_ji = exp(A_i·A_j) / Σ_i exp(A_i·A_j), a plain softmax of X·Xᵀ, and Eq. 4 is
 E_j = β Σ_i x_ji A_i + A_j with β initialised to 0.  The official code (junfu1115/DANet,
