@@ -56,16 +56,7 @@ def test_shape_finite_and_grad(name, shape):
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
 
 
-@pytest.mark.parametrize("name", STAGE)
-def test_every_parameter_is_live(name):
-    """No dead parameters: each one moves the output (non-zero gradient) on a generic input."""
-    m = blocks.create(name, C)
-    randomise(m)
-    m.eval()
-    x = torch.randn(2, C, 9, 7)
-    (m(x) * torch.randn(2, C, 9, 7)).sum().backward()
-    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
-    assert not dead, f"{name}: parameters with zero gradient: {dead}"
+# Dead parameters: tests/test_dead_params.py (float64, every block, several configurations).
 
 
 @pytest.mark.parametrize("name", STAGE)
@@ -95,8 +86,66 @@ def test_capture_does_not_change_forward(name):
 
 
 @pytest.mark.parametrize("name", STAGE)
-def test_docstring_cites_paper(name):
+def test_default_placement_puts_the_block_where_its_slot_says(name):
+    """The registered paper placement (slot, stages, every) is what build_model inserts."""
     entry = blocks.get(name)
-    mod_doc = __import__("sys").modules[entry.cls.__module__].__doc__ or ""
-    assert entry.paper, f"{name} registered without a paper"
-    assert "arXiv" in mod_doc or "repository" in mod_doc, f"{name}: module docstring cites no paper"
+    m = blocks.build_model("cifar_resnet20", 10, attention=name)  # 3 stages of 3 blocks, 16/32/64
+    stages = entry.default_stages or (1, 2, 3)
+    stages = sorted(s if s > 0 else s + 4 for s in stages)
+    assert m.attention_spec.stages == tuple(stages) and m.attention_spec.slot == entry.default_slot
+    found = []  # (stage, where) of every inserted block, read from the model's structure
+    for s in stages:
+        stage = m.stages[s - 1]
+        for i, b in enumerate(stage):
+            if b.attn is not None:
+                found.append((s, f"gate {i}", b.attn))
+            conv = b.conv2[0] if isinstance(b.conv2, torch.nn.Sequential) else b.conv2
+            if not isinstance(conv, torch.nn.Conv2d):
+                found.append((s, f"conv {i}", conv))
+        found += [(s, f"after {k}", a) for k, a in stage.attn.items()]
+    every = entry.default_every if entry.default_slot == "after_block" else 1
+    expected = {
+        "gate": [(s, f"gate {i}") for s in stages for i in range(3)],
+        "replace_conv": [(s, f"conv {i}") for s in stages for i in range(3)],
+        "after_block": [(s, f"after {i}") for s in stages for i in range(3) if (i + 1) % every == 0],
+        "stage_end": [(s, "after 2") for s in stages],
+    }[entry.default_slot]
+    assert [(s, w) for s, w, _ in found] == expected
+    assert [a for *_, a in found] == m.attention_modules
+    assert all(type(a) is entry.cls for a in m.attention_modules)
+    # each block checks its input's channels at entry, so a block built for the wrong width fails here
+    y = m(torch.randn(2, 3, 15, 13))
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", STAGE)
+def test_input_checked_at_entry(name):
+    m = blocks.create(name, C).eval()
+    for bad in [(C, 7, 5), (2, C + 1, 7, 5), (2, C, 7, 5, 1), (2, 7, 5, C)]:
+        msg = rf"^attention '{name}': expected input \(N, C, H, W\) with C={C}, got shape \({', '.join(map(str, bad))}\)$"
+        with pytest.raises(ValueError, match=msg):
+            m(torch.randn(*bad))
+    assert m(torch.randn(1, C, 3, 4)).shape == (1, C, 3, 4)
+
+
+@pytest.mark.parametrize("bad", [True, False, 0, -4, 2.0, "32", None])
+def test_channels_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=r"^attention 'se': channels must be a positive int, got "):
+        blocks.create("se", bad)
+
+
+@pytest.mark.parametrize("name", STAGE)
+def test_dtype_methods_are_not_shadowed(name):
+    """``.half()`` etc. are nn.Module's on every block (no attribute of the same name)."""
+    module_attrs = set(dir(torch.nn.Module)) - {"training"}
+    m = blocks.create(name, C)
+    for sub in m.modules():
+        own = {k for k in vars(sub) if not k.startswith("_")} | set(sub._modules) | set(sub._parameters)
+        assert not own & module_attrs, f"{name}: {type(sub).__name__} shadows {sorted(own & module_attrs)}"
+    for method, dtype in [("half", torch.float16), ("bfloat16", torch.bfloat16), ("double", torch.float64),
+                          ("float", torch.float32)]:
+        assert getattr(m, method)() is m
+        assert {p.dtype for p in m.parameters()} <= {dtype}
+    x = torch.randn(2, C, 5, 3, dtype=torch.float64)
+    m.double().eval()
+    assert m(x).dtype == torch.float64
