@@ -1,4 +1,5 @@
-"""The benchmark scripts still run: the CPU (small) mode of benchmarks/train_throughput.py."""
+"""The benchmark scripts still run: the CPU (small) mode of benchmarks/train_throughput.py, and
+the block benchmarks as modules (``python -m benchmarks.<name>``, no ``sys.path`` edits)."""
 import json
 import os
 import subprocess
@@ -43,3 +44,40 @@ def test_train_throughput_json():
     se = out["rows"][1]
     assert se["status"] == "ok" and se["images_per_s"] > 0 and se["peak_mb"] > 0
     assert se["gmacs_x"] >= 1.0 and se["placement"] == "gate, stages 1,2,3"
+
+
+# --- block benchmarks: benchmarks/block_speed.py, spa_memory.py, cost_table.py -----------------
+
+def _run_module(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_no_benchmark_module_shadows_the_blocks_package():
+    assert not (ROOT / "benchmarks" / "blocks.py").exists()
+    assert (ROOT / "benchmarks" / "__init__.py").exists()
+
+
+@pytest.mark.slow
+def test_block_speed_json_small():
+    r = _run_module("block_speed", "--sizes", "small", "--repeats", "1", "--threads", "1",
+                    "--only", "spa,two 1×1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["label"]: row for row in json.loads(r.stdout)}
+    assert {"spa", "nonlocal (sub-sampled)", "two 1×1 convs C→C'→C"} <= set(rows)
+    for label in ("spa", "nonlocal (sub-sampled)"):
+        row = rows[label]
+        assert row["status"] == "ok" and row["time_ms"] > 0 and row["peak_mib"] > 0, row
+
+
+@pytest.mark.slow
+def test_spa_memory_at_56x56_stays_under_a_third_of_subsampled_nonlocal():
+    """The issue's target: spa's fwd+bwd peak ≤ 0.35× sub-sampled non-local (batch 8, C=256)."""
+    r = _run_module("spa_memory", "--threads", "1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["spa_auto_form"] == "folded"
+    rows = out["rows"]
+    assert rows["spa (topk_ratio=0.25, default)"]["x_nonlocal_sub"] <= 0.35
+    assert rows["nonlocal (subsample=True)"]["x_nonlocal_sub"] == 1.0

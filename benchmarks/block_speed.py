@@ -1,7 +1,10 @@
 """Forward+backward time and peak memory of every registered stage block, side by side.
 
-    python benchmarks/blocks.py [--sizes small,large] [--batch 8] [--repeats 5] [--json]
-                                [--only gaussian,nonlocal] [--threads N]
+    python -m benchmarks.block_speed [--sizes small,large] [--batch 8] [--repeats 5] [--json]
+                                     [--only gaussian,nonlocal] [--threads N]
+
+(from the repository root; the module was ``benchmarks/blocks.py``, renamed because a script
+of that name shadows the ``blocks`` package).
 
 Sizes: ``small`` = (C=64, 32×32), ``large`` = (C=256, 56×56); batch 8 by default.  Rows:
 
@@ -35,8 +38,8 @@ of the running sum — bytes live at the worst moment *above* what existed befor
 input, the upstream gradient and the parameters are allocated beforehand and not counted;
 parameter gradients, the output and the input gradient are).  This is the figure
 ``torch.cuda.max_memory_allocated`` gives on a GPU.  RSS deltas are not used: the C allocator
-returns and reuses pages unpredictably.  A second column, "act MB", is what autograd *saves for
-backward* (via ``torch.autograd.graph.saved_tensors_hooks``, storages counted once, the input
+returns and reuses pages unpredictably.  Memory is in MiB (2^20 bytes).  A second column,
+"act MiB", is what autograd *saves for backward* (via ``torch.autograd.graph.saved_tensors_hooks``, storages counted once, the input
 and parameters excluded) plus the output: the memory a block holds from its forward until its
 backward runs, which is what accumulates over a whole network.
 """
@@ -47,20 +50,16 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-import blocks  # noqa: E402
-from benchmarks._memory import traced_peak_bytes  # noqa: E402
-from blocks.registry import UnknownBlockError  # noqa: E402
+import blocks
+from benchmarks._memory import traced_peak_bytes
+from blocks.registry import UnknownBlockError
 
 SIZES = {"small": (64, 32), "large": (256, 56)}
 REFERENCE = "nonlocal (sub-sampled)"
@@ -94,8 +93,8 @@ class Row:
     status: str = "ok"
     params: int = 0
     times_ms: list[float] = field(default_factory=list)
-    peak_mb: float = math.nan
-    act_mb: float = math.nan
+    peak_mib: float = math.nan
+    act_mib: float = math.nan
     module: nn.Module | None = None
     x: torch.Tensor | None = None
     g: torch.Tensor | None = None
@@ -194,8 +193,8 @@ def run_size(size: str, batch: int, repeats: int, only: set[str] | None) -> list
             step(r.module, r.x, r.g)
             r.times_ms.append((time.perf_counter() - t0) * 1e3)
     for r in live:
-        r.peak_mb = peak_bytes(r.module, r.x, r.g) / 2**20
-        r.act_mb = activation_bytes(r.module, r.x) / 2**20
+        r.peak_mib = peak_bytes(r.module, r.x, r.g) / 2**20
+        r.act_mib = activation_bytes(r.module, r.x) / 2**20
         r.module = r.x = r.g = None  # free before the next size
     return rows
 
@@ -207,7 +206,7 @@ def fmt(v: float, spec: str) -> str:
 def table(rows: list[Row]) -> str:
     ref = next((r for r in rows if r.label == REFERENCE and r.status == "ok"), None)
     lines = [
-        "| block | params | fwd+bwd ms | × NL-sub time | peak MB | × NL-sub peak | act MB | note |",
+        "| block | params | fwd+bwd ms | × NL-sub time | peak MiB | × NL-sub peak | act MiB | note |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -215,10 +214,10 @@ def table(rows: list[Row]) -> str:
             lines.append(f"| {r.label} | | | | | | | {r.status} |")
             continue
         tr = r.time_ms / ref.time_ms if ref else math.nan
-        mr = r.peak_mb / ref.peak_mb if ref else math.nan
+        mr = r.peak_mib / ref.peak_mib if ref else math.nan
         lines.append(
             f"| {r.label} | {r.params:,} | {fmt(r.time_ms, '.1f')} | {fmt(tr, '.2f')} | "
-            f"{fmt(r.peak_mb, '.1f')} | {fmt(mr, '.2f')} | {fmt(r.act_mb, '.1f')} | |"
+            f"{fmt(r.peak_mib, '.1f')} | {fmt(mr, '.2f')} | {fmt(r.act_mib, '.1f')} | |"
         )
     if ref is None:
         lines.append("\n(no sub-sampled non-local row: ratio columns are empty)")
@@ -250,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             out += [
                 {"size": size, "channels": c, "hw": hw, "batch": a.batch, "label": r.label,
                  "status": r.status, "params": r.params, "time_ms": r.time_ms, "times_ms": r.times_ms,
-                 "peak_mb": r.peak_mb, "act_mb": r.act_mb}
+                 "peak_mib": r.peak_mib, "act_mib": r.act_mib}
                 for r in rows
             ]
         else:
