@@ -6,20 +6,30 @@
       data: {dataset: cifar100, root: /data/cifar-100-python}
       optim: {epochs: 160, lr: 0.1}
     axes:
-      attention: [none, nonlocal, spa]    # block names, or mappings {kind, stages, ...}
+      attention: [nonlocal, spa]          # block names, or mappings {kind, stages, ...}
       stages: [[1], [2], [3]]
       topk_ratio: [0.0625, 0.125, 0.25]   # a block parameter: applies to blocks that take it
       optim.lr: [0.1, 0.05]               # a dotted trial-config key: applies to every trial
-    seeds: 3                              # or a list of seeds
+    seeds: 3                              # a count (seeds 0, 1, 2) or a list of distinct seeds
+    baseline: true                        # the default: add the paired baselines
 
 Axes are conditional: a block-parameter axis (``topk_ratio``, ``radius``, ``heads``, …)
 multiplies only the attentions whose constructor accepts it; ``stages``/``slot``/``every``
-only attention trials.  A combination that does not apply is never generated.  The baseline
-(``none``) appears once per backbone/data/seed point so every attention trial has a paired,
-same-seed baseline.
+only attention trials.  A combination that does not apply is never generated.  Every attention
+trial gets its paired baseline — the plain backbone at the same base point (backbone, data,
+dotted axes) and the same seed — whether or not the axes list ``none``; ``baseline: false``
+turns that off (a ``none`` listed in the axes still runs).  Seeds come from ``seeds`` only:
+``seed`` as an axis is an error.
 
 Expansion is deterministic; trials are de-duplicated by a canonical hash of the resolved trial
-config (defaults filled in), which is also the trial id, stable across re-expansions.
+config (defaults filled in, execution-only keys such as ``data.root`` and ``data.workers`` left
+out: see :data:`pipeline.config.EXECUTION_ONLY`), which is also the trial id, stable across
+re-expansions and across machines.
+
+Checking reports every problem of a spec at once, one line each, ``file:line: key: what``; the
+number of trials is counted before any is built and refused above ``max_trials``.  Whether the
+data roots exist is not checked here (a spec is validated and dry-run where the data may be
+absent): :func:`pipeline.config.check_data_root` does that where trials run.
 """
 from __future__ import annotations
 
@@ -27,42 +37,56 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from blocks import get as get_block
 from blocks import names as block_names
-from blocks.insert import NONE_NAMES, resolve_spec
-from pipeline.config import StrictModel, TrialConfig, format_validation_error
+from blocks.insert import NONE_NAMES, SPEC_KEYS, resolve_spec
+from pipeline import catalog
+from pipeline.config import (StrictModel, TrialConfig, attention_problems, identity_tree, min_resolution,
+                             validation_problems)
 from pipeline.errors import ConfigError
+from pipeline.yamlio import Lines, load_file
 
 ATTN_AXES = ("stages", "slot", "every")  # placement axes: attention trials only
+DEFAULT_MAX_TRIALS = 10_000  # experiments/grid.py --max-trials raises it
+MAX_SEED = 2**32 - 1
 
 
 class Spec(StrictModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, list[Any]] = Field(default_factory=dict)
-    seeds: Union[int, list[int]] = 1
+    seeds: Union[int, list[int]] = 1  # a count, or the seeds themselves
+    baseline: bool = True  # add each attention trial's paired, same-seed baseline
 
-    @field_validator("seeds")
+    @field_validator("seeds", mode="before")
     @classmethod
-    def _seeds(cls, v):
-        if isinstance(v, int):
+    def _seeds(cls, v: Any) -> Any:
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if is_int(v):
             if v < 1:
-                raise ValueError(f"must be >= 1, got {v}")
-        elif not v or len(set(v)) != len(v) or any(s < 0 for s in v):
-            raise ValueError("must be a non-empty list of distinct seeds >= 0")
+                raise ValueError(f"a count of seeds must be >= 1, got {v}")
+        elif isinstance(v, list):
+            if not v or not all(is_int(s) for s in v):
+                raise ValueError(f"expected a non-empty list of integer seeds, got {v!r}")
+            if len(set(v)) != len(v) or any(not 0 <= s <= MAX_SEED for s in v):
+                raise ValueError(f"expected distinct seeds in 0..{MAX_SEED}, got {v!r}")
+        else:
+            raise ValueError(f"expected a count (an integer >= 1) or a list of integer seeds, got {v!r}")
         return v
 
     @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+    def seed_list(self) -> range | list[int]:
+        return range(self.seeds) if isinstance(self.seeds, int) else list(self.seeds)
 
 
 @dataclass(frozen=True)
@@ -82,96 +106,43 @@ class Grid:
     duplicates: int = 0
 
 
-# --------------------------------------------------------------------------------------------
-# reading with line numbers
-# --------------------------------------------------------------------------------------------
+class _Problems:
+    """The problems found so far, in order, one line each: ``file:line: key: what``.
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key (by key path)."""
+    A problem is a bad value: the same key at the same line is reported once, with the first
+    reason found (``stages: [4]`` on a 3-stage backbone is one problem, not one per block).
+    """
 
+    def __init__(self, where: Lines):
+        self.where = where
+        self.lines: dict[tuple[str, str], str] = {}
 
-def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
-    lines: dict[tuple, int] = {}
-    node = yaml.compose(text, Loader=_LineLoader)
+    def add(self, path: tuple, text: str) -> None:
+        loc = self.where(*path)
+        self.lines.setdefault((loc, text.split(": ", 1)[0]), f"{loc}: {text}")
 
-    def walk(n, path):
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = k.value
-                lines[path + (key,)] = k.start_mark.line + 1
-                walk(v, path + (key,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
+    def __bool__(self) -> bool:
+        return bool(self.lines)
 
-    if node is not None:
-        walk(node, ())
-    return yaml.safe_load(text), lines
-
-
-class _Where:
-    def __init__(self, path: Optional[Path], lines: dict[tuple, int]):
-        self.path, self.lines = path, lines
-
-    def __call__(self, *key) -> str:
-        f = str(self.path) if self.path else "spec"
-        for k in range(len(key), 0, -1):
-            if key[:k] in self.lines:
-                return f"{f}:{self.lines[key[:k]]}"
-        return f
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError.many(self.lines.values())
 
 
 # --------------------------------------------------------------------------------------------
-# expansion
+# identity
 # --------------------------------------------------------------------------------------------
 
-def _attention_entries(values: list[Any], where) -> list[Optional[dict[str, Any]]]:
-    out = []
-    for i, v in enumerate(values):
-        if v in NONE_NAMES or (isinstance(v, dict) and "kind" in v and v["kind"] in NONE_NAMES):
-            out.append(None)
-        elif isinstance(v, str):
-            out.append({"kind": v})
-        elif isinstance(v, dict) and "kind" in v:
-            out.append(dict(v))
-        else:
-            raise ConfigError(f"{where('axes', 'attention', i)}: axes.attention[{i}]: expected a block name "
-                              f"or a mapping with 'kind', got {v!r}")
-        if out[-1] is not None and out[-1]["kind"] not in block_names():
-            raise ConfigError(f"{where('axes', 'attention', i)}: axes.attention[{i}]: unknown attention "
-                              f"{out[-1]['kind']!r}; valid: none, {', '.join(block_names())}")
-    return out
-
-
-def _canonical(tree: dict[str, Any]) -> str:
+def _canonical(tree: Any) -> str:
     return json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"axis {dotted}: {p!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "".join(str(x) for x in v)
-    return str(v)
-
-
-IDENTITY_EXCLUDE = ("name", "tracking", "checkpoint", "work_dir", "fault", "threads")
 
 
 def _identity_base(dump: dict[str, Any]) -> dict[str, Any]:
     """What makes two trials the same trial, apart from attention and seed: the resolved config
-    without labels, logging, checkpointing, fault injection and thread count."""
-    out = {k: v for k, v in dump.items() if k not in IDENTITY_EXCLUDE and k != "seed"}
-    out["model"] = {k: v for k, v in dump["model"].items() if k != "attention"}
+    without execution-only keys (:func:`pipeline.config.identity_tree`)."""
+    out = identity_tree(dump)
+    out.pop("seed", None)
+    out["model"].pop("attention", None)
     return out
 
 
@@ -195,105 +166,284 @@ def trial_id(cfg: TrialConfig) -> str:
     return _hash(base, _canonical(_identity_attention(spec.as_dict() if spec else None)), cfg.seed)
 
 
-def expand(spec: Spec, where=None) -> Grid:
-    """All trials of ``spec``: validated, deterministic order, de-duplicated."""
-    where = where or _Where(None, {})
-    axes = dict(spec.axes)
-    for k, v in axes.items():
-        if not isinstance(v, list) or not v:
-            raise ConfigError(f"{where('axes', k)}: axes.{k}: an axis needs a non-empty list of values")
-    attn_values = _attention_entries(axes.pop("attention", ["none"] if "attention" not in spec.base.get("model", {}) else [spec.base["model"]["attention"]]), where)
-    placement = {k: axes.pop(k) for k in ATTN_AXES if k in axes}
-    stage_values = placement.get("stages")
-    if stage_values is not None:
-        for i, s in enumerate(stage_values):
-            if not (isinstance(s, list) and s and all(isinstance(x, int) and not isinstance(x, bool) for x in s)):
-                raise ConfigError(f"{where('axes', 'stages', i)}: axes.stages[{i}]: expected a non-empty list "
-                                  f"of stage numbers like [1, 2], got {s!r}")
-    dotted = {k: v for k, v in axes.items() if "." in k or k in TrialConfig.model_fields}
-    block_axes = {k: v for k, v in axes.items() if k not in dotted}
+# --------------------------------------------------------------------------------------------
+# checking the parts (every problem, with its line)
+# --------------------------------------------------------------------------------------------
 
-    kinds = [a["kind"] for a in attn_values if a is not None]
-    for k in block_axes:
-        takers = [kd for kd in kinds if k in get_block(kd).params]
-        if not takers:
-            valid_blocks = [n for n in block_names() if k in get_block(n).params]
-            hint = f" (it belongs to: {', '.join(valid_blocks)})" if valid_blocks else ""
-            raise ConfigError(f"{where('axes', k)}: axes.{k}: no attention in this spec takes parameter {k!r}{hint}")
-    if placement and not kinds:
-        k = next(iter(placement))
-        raise ConfigError(f"{where('axes', k)}: axes.{k}: placement axes need an attention other than none")
+def _non_finite(tree: Any, path: tuple = ()) -> Iterator[tuple[tuple, float]]:
+    """Every ``inf``/``nan`` in a loaded tree, with its key path."""
+    stack = [(tree, path)]
+    while stack:
+        node, p = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, p + (k,)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, p + (i,)) for i, v in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            yield p, node
 
-    # the dotted axes are shared by every trial (including baselines)
+
+@dataclass
+class _Entry:
+    """One attention value of the spec, and where it was written."""
+
+    spec: Optional[dict[str, Any]]  # None: the baseline
+    path: tuple  # key path in the spec file, for the line
+    label: str = "base"  # how problems name it: axes.attention[2], base.model.attention
+
+
+def _attention_entries(spec: Spec, problems: _Problems) -> list[_Entry]:
+    """The attention values (from ``axes.attention``, else ``base.model.attention``), checked."""
+    model = spec.base.get("model")
+    if "attention" in spec.axes:
+        values = [(v, ("axes", "attention", i)) for i, v in enumerate(spec.axes["attention"])]
+        label = "axes.attention[{i}]"
+    elif isinstance(model, dict) and model.get("attention") is not None:
+        values = [(model["attention"], ("base", "model", "attention"))]
+        label = "base.model.attention"
+    else:
+        return [_Entry(None, ("base",))]
+    out = []
+    for i, (v, path) in enumerate(values):
+        name = label.format(i=i)
+        if isinstance(v, str) or v is None:
+            v = {"kind": v}
+        if not isinstance(v, dict) or "kind" not in v:
+            problems.add(path, f"{name}: expected a block name or a mapping with 'kind', got {v!r}")
+            continue
+        kind = v["kind"]
+        if kind in NONE_NAMES:
+            extra = sorted(set(v) - {"kind"})
+            if extra:
+                problems.add(path + (extra[0],), f"{name}: attention 'none' takes no other keys, got {', '.join(extra)}")
+            else:
+                out.append(_Entry(None, path, name))
+            continue
+        if not isinstance(kind, str) or kind not in block_names():
+            problems.add(path + ("kind",) if len(v) > 1 else path,
+                         f"{name}: unknown attention {kind!r}; valid: none, {', '.join(block_names())}")
+            continue
+        bad = attention_problems(v)
+        for key, msg in bad:
+            problems.add(path + (key,), f"{name}.{key}: {msg}")
+        if not bad:
+            out.append(_Entry(dict(v), path, name))
+    return out
+
+
+def _split_axes(spec: Spec, kinds: list[str], problems: _Problems, entries_ok: bool) -> tuple[dict, dict, dict]:
+    """Split the axes into placement, block-parameter and dotted trial-config axes (cheap: the
+    values are not looked at, so a huge axis is counted before it is checked).
+
+    With a bad attention entry (``entries_ok`` false) an axis no attention takes is not reported:
+    it most likely belongs to the misspelt block.
+    """
+    placement, block, dotted = {}, {}, {}
+    for k, values in spec.axes.items():
+        if k == "attention":
+            continue
+        if not values:
+            problems.add(("axes", k), f"axes.{k}: an axis needs a non-empty list of values")
+        elif k == "seed":
+            problems.add(("axes", k), "axes.seed: seeds are set by 'seeds:' (a count or a list of seeds), "
+                                      "not by an axis")
+        elif k in ATTN_AXES:
+            if kinds:
+                placement[k] = values
+            elif entries_ok:
+                problems.add(("axes", k), f"axes.{k}: placement axes need an attention other than none")
+        elif "." in k or k in TrialConfig.model_fields:
+            if k.startswith("model.attention"):
+                problems.add(("axes", k), f"axes.{k}: vary attention with axes.attention or a block-parameter "
+                                          f"axis ({k.rsplit('.', 1)[-1]}), not a dotted key")
+            else:
+                dotted[k] = values
+        elif any(k in get_block(kd).params for kd in kinds):
+            block[k] = values
+        elif entries_ok:
+            owners = [n for n in block_names() if k in get_block(n).params]
+            hint = f" (it belongs to: {', '.join(owners)})" if owners else ""
+            problems.add(("axes", k), f"axes.{k}: no attention in this spec takes parameter {k!r}{hint}")
+    return placement, block, dotted
+
+
+def _check_axis_values(kinds: list[str], placement: dict, block: dict, problems: _Problems) -> None:
+    """Each placement and block-parameter value's type, against every block that takes it."""
+    for k, values in {**placement, **block}.items():
+        takers = [kd for kd in kinds if k in ATTN_AXES or k in get_block(kd).params]
+        for i, v in enumerate(values):
+            if k == "stages" and not (isinstance(v, list) and v):
+                problems.add(("axes", k), f"axes.stages[{i}]: expected a non-empty list of stage numbers "
+                                             f"like [1, 2], got {v!r}")
+                continue
+            for kd in takers[:1] if k in ATTN_AXES else takers:
+                for _, msg in attention_problems({"kind": kd, k: v}):
+                    problems.add(("axes", k), f"axes.{k}[{i}]: {msg}")
+
+
+def _relevant(entry: _Entry, placement: dict, block: dict) -> list[str]:
+    """The placement and block axes that multiply ``entry`` (those it does not fix itself)."""
+    if entry.spec is None:
+        return []
+    kind = entry.spec["kind"]
+    return ([k for k in ATTN_AXES if k in placement and k not in entry.spec]
+            + [k for k in block if k in get_block(kind).params and k not in entry.spec])
+
+
+def count_trials(entries: list[_Entry], placement: dict, block: dict, dotted: dict, n_seeds: int) -> int:
+    """How many trials the spec asks for, before de-duplication (arithmetic only: nothing built)."""
+    axes = {**placement, **block}
+    per_point = sum(math.prod(len(axes[k]) for k in _relevant(e, placement, block)) for e in entries)
+    return per_point * math.prod(len(v) for v in dotted.values()) * n_seeds
+
+
+# --------------------------------------------------------------------------------------------
+# expansion
+# --------------------------------------------------------------------------------------------
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> Optional[str]:
+    """Set a dotted key in a tree; a problem text when a part on the way is not a section."""
+    node = tree
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            return f"{p!r} is not a section"
+    node[parts[-1]] = value
+    return None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "".join(str(x) for x in v)
+    return str(v)
+
+
+def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_MAX_TRIALS) -> Grid:
+    """All trials of ``spec``: validated, deterministic order, de-duplicated.
+
+    Raises :class:`ConfigError` with every problem found (one line each), or when the spec asks
+    for more than ``max_trials`` trials (counted before any is built).
+    """
+    where = where or Lines("spec")
+    problems = _Problems(where)
+    base_model = spec.base.get("model", {})
+    if not isinstance(base_model, dict):
+        problems.add(("base", "model"), "base.model: expected a mapping")
+        base_model = {}
+    entries = _attention_entries(spec, problems)
+    entries_ok = not problems
+    if spec.baseline and any(e.spec is not None for e in entries) and not any(e.spec is None for e in entries):
+        entries.insert(0, _Entry(None, ("base",)))
+    kinds = [e.spec["kind"] for e in entries if e.spec is not None]
+    placement, block, dotted = _split_axes(spec, kinds, problems, entries_ok)
+    n = count_trials(entries, placement, block, dotted, len(spec.seed_list))
+    if n > max_trials:
+        problems.add(("seeds",) if "seeds" in spec.model_fields_set else (),
+                     f"the spec asks for {n:,} trials, over the limit of {max_trials:,} (raise it with "
+                     f"--max-trials, or shrink the axes/seeds)")
+        problems.raise_if_any()
+    _check_axis_values(kinds, placement, block, problems)
+    problems.raise_if_any()
+
     dotted_keys = sorted(dotted)
-    dotted_points = list(itertools.product(*(dotted[k] for k in dotted_keys))) or [()]
+    index_points = list(itertools.product(*(range(len(dotted[k])) for k in dotted_keys)))
 
     # Validation is compositional, so each part is validated once, not once per trial: the base
     # with each dotted point (attention none, seed 0), and each attention point per backbone.
-    axis_names = set(block_axes) | set(placement)
-    bases: dict[tuple, tuple[TrialConfig, dict[str, Any], str]] = {}
-    attns: dict[tuple, Optional[dict[str, Any]]] = {}
+    bases: dict[tuple, Optional[tuple[TrialConfig, dict[str, Any], str]]] = {}
 
-    def base_for(dp: tuple) -> tuple[TrialConfig, dict[str, Any], str]:
-        if dp not in bases:
+    def base_for(ip: tuple) -> Optional[tuple[TrialConfig, dict[str, Any], str]]:
+        if ip not in bases:
+            bases[ip] = None
             tree = copy.deepcopy(spec.base)
-            tree.setdefault("model", {})
-            if not isinstance(tree["model"], dict):
-                raise ConfigError(f"{where('base', 'model')}: base.model must be a mapping")
-            tree["model"]["attention"] = None
-            for k, v in zip(dotted_keys, dp):
-                _set(tree, k, v)
+            tree["model"] = dict(base_model, attention=None)
+            for k, i in zip(dotted_keys, ip):
+                bad = _set(tree, k, dotted[k][i])
+                if bad:
+                    problems.add(("axes", k), f"axes.{k}: {bad}")
+                    return None
             tree["seed"] = 0
             try:
                 cfg = TrialConfig.model_validate(tree)
             except ValidationError as e:
-                msg = format_validation_error(e)
-                loc = e.errors()[0]["loc"]
-                axis_key = _axis_for(loc, None, dotted_keys, msg, axis_names)
-                w = where("axes", axis_key) if axis_key else where("base", *[str(p) for p in loc])
-                raise ConfigError(f"{w}: {msg}") from None
-            _check_paths(cfg, where)
+                for key, msg in validation_problems(e):
+                    axis = next((k for k in dotted_keys if key == k or key.startswith(k + ".")), None)
+                    if axis is not None:
+                        problems.add(("axes", axis, ip[dotted_keys.index(axis)]), f"{key}: {msg}")
+                    else:
+                        problems.add(("base", *key.split(".")), f"base.{key}: {msg}")
+                return None
+            if catalog.info(cfg.data.dataset).needs_root and cfg.data.root is None:
+                problems.add(("base", "data"), f"base.data.root: dataset {cfg.data.dataset!r} needs a root folder")
+                return None
             dump = cfg.model_dump(mode="json")
-            bases[dp] = (cfg, dump, _canonical(_identity_base(dump)))
-        return bases[dp]
+            bases[ip] = (cfg, dump, _canonical(_identity_base(dump)))
+        return bases[ip]
 
-    def attention_for(backbone: str, a: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-        key = (backbone, _canonical(a))
+    attns: dict[tuple, Optional[tuple[Optional[dict[str, Any]], tuple[int, ...]]]] = {}
+
+    def attention_for(cfg: TrialConfig, a: Optional[dict[str, Any]], entry: _Entry,
+                      axis_of: dict[str, int]) -> Optional[tuple[Optional[dict[str, Any]], tuple[int, ...]]]:
+        """The resolved attention for this backbone, checked against the input resolution."""
+        m = cfg.model
+        key = (m.backbone, m.small_stem, cfg.data.resolutions(), _canonical(a))
         if key not in attns:
+            attns[key] = None
             try:
-                resolved = resolve_spec(a, backbone)
+                resolved = resolve_spec(a, m.backbone)
             except (KeyError, TypeError, ValueError) as e:
-                msg = f"attention: {e.args[0] if isinstance(e, KeyError) else e}"
-                axis_key = _axis_for(("model",), a, [], msg, axis_names)
-                raise ConfigError(f"{where('axes', axis_key)}: model: {msg}") from None
-            attns[key] = None if resolved is None else resolved.as_dict()
+                msg = e.args[0] if isinstance(e, KeyError) else str(e)
+                axis = next((k for k in sorted(axis_of, key=len, reverse=True) if k in msg), None)
+                if axis is None and "stage" in msg and "stages" in axis_of:
+                    axis = "stages"
+                if axis is not None:
+                    problems.add(("axes", axis), f"axes.{axis}[{axis_of[axis]}]: {msg}")
+                else:
+                    problems.add(entry.path, f"{entry.label}: {msg}")
+                return None
+            stages = resolved.stages if resolved is not None else ()
+            need = min_resolution(m.backbone, m.small_stem, stages)
+            res = min(cfg.data.resolutions())
+            if res < need:
+                text = (f"attention {a['kind']!r} at stage {max(stages)} of {m.backbone} needs inputs of at "
+                        f"least {need} px; the data resolution is {res} px")
+                if "stages" in axis_of:
+                    problems.add(("axes", "stages"), f"axes.stages[{axis_of['stages']}]: {text}")
+                else:
+                    problems.add(entry.path, f"{entry.label}: {text}")
+                return None
+            attns[key] = (None if resolved is None else resolved.as_dict(), stages)
         return attns[key]
 
-    grid = Grid(spec=spec, path=where.path)
+    grid = Grid(spec=spec, path=None)
     seen: set[str] = set()
-    for attn in attn_values:
-        if attn is None:
-            attn_points = [None]
-        else:
-            kind = attn["kind"]
-            rel_place = [k for k in ATTN_AXES if k in placement and k not in attn]
-            rel_block = [k for k in block_axes if k in get_block(kind).params and k not in attn]
-            keys = rel_place + rel_block
-            attn_points = []
-            for combo in itertools.product(*([placement[k] for k in rel_place] + [block_axes[k] for k in rel_block])):
-                a = dict(attn)
-                a.update(zip(keys, combo))
-                attn_points.append(a)
-        for a in attn_points:
-            for dp in dotted_points:
-                cfg, dump, ident = base_for(dp)
-                resolved = attention_for(cfg.model.backbone, a)
+    axis_values = {**placement, **block}
+    for entry in entries:
+        rel = _relevant(entry, placement, block)
+        for combo in itertools.product(*(range(len(axis_values[k])) for k in rel)):
+            a = None
+            axis_of: dict[str, int] = {}
+            if entry.spec is not None:
+                a = dict(entry.spec)
+                for k, i in zip(rel, combo):
+                    a[k] = axis_values[k][i]
+                    axis_of[k] = i
+            for ip in index_points:
+                b = base_for(ip)
+                if b is None:
+                    continue
+                cfg, dump, ident = b
+                r = attention_for(cfg, a, entry, axis_of)
+                if r is None or problems:
+                    continue
+                resolved = r[0]
                 ident_attn = _canonical(_identity_attention(resolved))
-                dotted_coords = dict(zip(dotted_keys, dp))
+                dotted_coords = {k: dotted[k][i] for k, i in zip(dotted_keys, ip)}
                 coords0 = _coords(cfg.model.backbone, cfg.data.dataset, resolved, dotted_coords)
                 point = _point(coords0)
-                base_point = _point({"backbone": cfg.model.backbone, "dataset": cfg.data.dataset, "attention": "none",
-                                     **dotted_coords})
+                base_point = _point({"backbone": cfg.model.backbone, "dataset": cfg.data.dataset,
+                                     "attention": "none", **dotted_coords})
                 for seed in spec.seed_list:
                     tid = _hash(ident, ident_attn, seed)
                     if tid in seen:
@@ -303,33 +453,8 @@ def expand(spec: Spec, where=None) -> Grid:
                     tree = {**dump, "model": {**dump["model"], "attention": resolved}, "seed": seed, "name": tid}
                     grid.trials.append(Trial(id=tid, config=tree, coords={**coords0, "seed": seed}, point=point,
                                              baseline_point=base_point))
+    problems.raise_if_any()
     return grid
-
-
-def _axis_for(loc: tuple, attn: Optional[dict], dotted_keys: list[str], msg: str, axis_names: set[str]) -> Optional[str]:
-    """The axis a validation error comes from (for its file:line), if any."""
-    path = ".".join(str(p) for p in loc)
-    for k in dotted_keys:
-        if path == k or path.startswith(k + "."):
-            return k
-    if attn is not None and (path.startswith("model") or not path):
-        for k in sorted(axis_names, key=len, reverse=True):
-            if k in attn and k in msg:
-                return k
-        return "attention"
-    return None
-
-
-def _check_paths(cfg: TrialConfig, where) -> None:
-    from pipeline.data.registry import get as get_dataset
-
-    d = cfg.data
-    entry = get_dataset(d.dataset)
-    if entry.needs_root:
-        if d.root is None:
-            raise ConfigError(f"{where('base', 'data')}: data.root: dataset {entry.name!r} needs a root folder")
-        if not Path(d.root).exists():
-            raise ConfigError(f"{where('base', 'data', 'root')}: data.root: path does not exist: {d.root}")
 
 
 def _coords(backbone: str, dataset: str, resolved: Optional[dict[str, Any]], dotted: dict[str, Any]) -> dict[str, Any]:
@@ -347,27 +472,30 @@ def _point(coords: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in coords.items() if k != "seed")
 
 
-def load_spec(path: Union[str, Path]) -> Grid:
-    """Read, validate and expand a spec file; :class:`ConfigError` names the file:line and field."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"spec file not found: {p}")
-    try:
-        raw, lines = _load_with_lines(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    return grid_from_tree(raw, p, lines)
+def load_spec(path: Union[str, Path], max_trials: int = DEFAULT_MAX_TRIALS) -> Grid:
+    """Read, validate and expand a spec file (:func:`pipeline.yamlio.load_file`: UTF-8, size,
+    depth and alias limits, no duplicate keys); :class:`ConfigError` names file:line and field."""
+    raw, lines = load_file(path, what="spec file")
+    return grid_from_tree(raw, Path(path), lines, max_trials=max_trials)
 
 
-def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[dict] = None) -> Grid:
-    where = _Where(path, lines or {})
+def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines] = None,
+                   max_trials: int = DEFAULT_MAX_TRIALS) -> Grid:
+    """Validate and expand a loaded spec; every problem is reported at once (one line each)."""
+    where = lines if lines is not None else Lines(str(path) if path else "spec")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where()}: a spec must be a mapping with name/base/axes/seeds")
+    problems = _Problems(where)
+    for p, v in _non_finite(raw):
+        problems.add(p, f"{'.'.join(map(str, p))}: {v} is not a finite number")
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
-        loc = tuple(str(x) for x in e.errors()[0]["loc"])
-        raise ConfigError(f"{where(*loc)}: {format_validation_error(e)}") from None
-    return expand(spec, where)
+        for key, msg in validation_problems(e):
+            problems.add(tuple(key.split(".")), f"{key}: {msg}")
+        problems.raise_if_any()
+        raise  # pragma: no cover - a validation error always has a problem
+    problems.raise_if_any()
+    grid = expand(spec, where, max_trials=max_trials)
+    grid.path = path
+    return grid

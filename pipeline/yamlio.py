@@ -54,8 +54,9 @@ class Lines:
     def __call__(self, *path: Union[str, int]) -> str:
         """``file:line`` of ``path``, or of its nearest ancestor that has a line; ``file`` alone
         when none does."""
-        for k in range(len(path), 0, -1):
-            line = self.by_path.get(tuple(path[:k]))
+        keys = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in path)  # "0" from a dotted loc
+        for k in range(len(keys), 0, -1):
+            line = self.by_path.get(keys[:k])
             if line is not None:
                 return f"{self.source}:{line}"
         return self.source
