@@ -24,7 +24,6 @@ listening on 127.0.0.1 only: SQLite under many concurrent writers raises "databa
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -186,6 +185,29 @@ def _wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | Non
     raise StackError(f"{what} not healthy at {url} after {timeout:.0f}s" + (f"; see {log}" if log else ""))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    import socket
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}; see {log}")
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise StackError(f"{what} not listening on 127.0.0.1:{port} after {timeout:.0f}s; see {log}")
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -301,6 +323,10 @@ def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpu
     cmd = [_bin("ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
            "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    # The job agent's port: Ray's fixed default would clash between two heads on one machine,
+    # and `ray job submit` fails ("No available agent") until the agent listens.
+    agent_port = _free_port()
+    cmd.append(f"--dashboard-agent-listen-port={agent_port}")
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     if resources:
@@ -311,6 +337,7 @@ def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpu
     try:
         _wait_http(dash + "/api/version", timeout, "Ray head", proc, state / "ray.log")
         _wait_ray_ready(state, f"127.0.0.1:{port}", timeout, proc)
+        _wait_port(agent_port, timeout, "Ray job agent", proc, state / "ray.log")
     except StackError:
         stop_ray(state)
         raise
@@ -397,8 +424,7 @@ def healthy(state: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import cli_exit
-    ArgumentParser = argparse.ArgumentParser  # TODO one-line parser
+    from pipeline.errors import ArgumentParser, cli_exit
 
     p = ArgumentParser(prog="python -m infra.stack", description="Local Ray head + MLflow server on 127.0.0.1.")
     p.add_argument("action", choices=["up", "down", "status", "env"])

@@ -9,7 +9,6 @@ The stack's Ray token reaches ``ray job submit`` through ``RAY_AUTH_TOKEN_PATH``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,13 +27,13 @@ def submission_env(state: Path, cwd: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import cli_exit
+    from pipeline.errors import ArgumentParser, cli_exit
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
         cli_exit(ValueError("usage: python -m infra.submit [--state DIR] -- COMMAND ..."))
     cut = argv.index("--")
-    p = argparse.ArgumentParser(prog="python -m infra.submit")
+    p = ArgumentParser(prog="python -m infra.submit")
     p.add_argument("--state", type=Path, default=DEFAULT_STATE)
     p.add_argument("--working-dir", type=Path, default=Path("."))
     a = p.parse_args(argv[:cut])

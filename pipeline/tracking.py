@@ -105,6 +105,7 @@ class Tracker:
         self.experiment = experiment
         self.run_id: str | None = None
         self._logged: dict[str, int] = {}  # metric key -> last step already in the run
+        self._pending: list[Any] = []  # futures of asynchronous batches not yet waited for
         self.client = MlflowClient(tracking_uri=uri) if self.enabled else None
 
     # -- runs ----------------------------------------------------------------------------------
@@ -156,13 +157,22 @@ class Tracker:
                  if v is not None and step > self._logged.get(k, -1)]
         if not batch:
             return
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        op = self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        if op is not None:
+            self._pending.append(op)
         for m in batch:
             self._logged[m.key] = step
 
     def flush(self) -> None:
-        if self.enabled:
-            mlflow.flush_async_logging()
+        """Wait until every asynchronous batch of *this* tracker's client reached the store.
+
+        ``mlflow.flush_async_logging()`` flushes the fluent API's global store only, not a
+        client made for a tracking URI given in the config, so the tracker keeps the futures of
+        its own batches and waits on them (an error surfaces here, not silently later).
+        """
+        pending, self._pending = self._pending, []
+        for op in pending:
+            op.wait()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
@@ -215,13 +225,20 @@ class Tracker:
                 time.sleep(0.2 * (attempt + 1))
 
 
-def find_runs(uri: str, experiment: str, filter_string: str) -> list[Any]:
+def find_runs(uri: str, experiment: str, filter_string: str, page_size: int = 1000) -> list[Any]:
     """Runs of ``experiment`` matching an MLflow filter (e.g. ``tags.`attnlab.trial` = 'ab12'``)."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return list(client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10_000))
+    runs, token = [], None
+    while True:  # page through all of them: a grid can have more runs than one page holds
+        page = client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=page_size,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -249,24 +266,56 @@ GRID_TAG = "attnlab.grid"
 TRIAL_TAG = "attnlab.trial"
 
 
-def ensure_parent_run(uri: str, experiment: str, grid_name: str, tags: Mapping[str, str]) -> str:
-    """The grid's parent run: the existing one of that name (re-run/resume) or a new one."""
+def find_parent_run(uri: str, experiment: str, grid_name: str) -> Any | None:
+    """The grid's parent run in ``experiment`` (the oldest, should there be several), or None."""
     found = [r for r in find_runs(uri, experiment, f"tags.`{GRID_TAG}` = '{grid_name}'")
              if PARENT_TAG not in r.data.tags]
+    return sorted(found, key=lambda r: r.info.start_time)[0] if found else None
+
+
+def ensure_parent_run(uri: str, experiment: str, grid_name: str, tags: Mapping[str, str]) -> str:
+    """The grid's parent run: the existing one of that name (resume) or a new one."""
+    found = find_parent_run(uri, experiment, grid_name)
     client = MlflowClient(tracking_uri=uri)
-    if found:
-        run_id = sorted(found, key=lambda r: r.info.start_time)[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
     t = Tracker(uri, experiment)
     return t.create_run(grid_name, {GRID_TAG: grid_name, "attnlab.kind": "grid", **tags})
+
+
+def child_trial_ids(uri: str, experiment: str, parent_id: str) -> dict[str, Any]:
+    """Trial id -> child run of ``parent_id`` (every page)."""
+    return {r.data.tags.get(TRIAL_TAG): r for r in find_runs(uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_id}'")}
+
+
+def close_run(uri: str, run_id: str, status: str, tags: Mapping[str, Any] | None = None,
+              metrics: Mapping[str, float] | None = None) -> None:
+    """End a run from outside its trial (the grid driver): ``status`` is attnlab's
+    (finished | stopped_early | failed | diverged | killed); MLflow's status follows."""
+    import time
+
+    client = MlflowClient(tracking_uri=uri)
+    ts = int(time.time() * 1000)
+    all_tags = {STATUS_TAG: status, **(tags or {})}
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+                     tags=[RunTag(k, str(v)[:5000]) for k, v in all_tags.items()], synchronous=True)
+    mlflow_status = {"finished": "FINISHED", "stopped_early": "FINISHED", "killed": "KILLED"}.get(status, "FAILED")
+    client.set_terminated(run_id, status=mlflow_status)
+
+
+def log_run_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    import time
+
+    ts = int(time.time() * 1000)
+    MlflowClient(tracking_uri=uri).log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()], synchronous=True)
 
 
 def ensure_child_runs(uri: str, experiment: str, parent_id: str,
                       trials: Iterable[tuple[str, str, Mapping[str, str]]]) -> dict[str, str]:
     """``(trial id, run name, tags)`` -> run id: existing child runs are reused, never doubled."""
-    existing = {r.data.tags.get(TRIAL_TAG): r.info.run_id
-                for r in find_runs(uri, experiment, f"tags.`{PARENT_TAG}` = '{parent_id}'")}
+    existing = {tid: r.info.run_id for tid, r in child_trial_ids(uri, experiment, parent_id).items()}
     t = Tracker(uri, experiment)
     out = {}
     for tid, name, tags in trials:

@@ -57,7 +57,11 @@ def resolve_device(cfg: TrialConfig) -> torch.device:
 
 def resolve_precision(cfg: TrialConfig, device: torch.device) -> str:
     if cfg.precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        # bf16 where the GPU computes it natively (Ampere and later), else fp16 with the grad
+        # scaler (V100, T4: emulated bf16 would be slow), fp32 on CPU.
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision: fp16 needs CUDA (use fp32 or bf16 on CPU)")
     return cfg.precision
@@ -302,17 +306,24 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
     ``<work_dir>/checkpoints/<run name>``); ``resume_from``: a checkpoint to continue from (the
     same MLflow run continues); ``stop_after``: stop after this many epochs in total (tests).
     """
-    from .tracking import Tracker, default_uri, git_commit, host
-
-    trial = Trial(cfg)
-    if resume_from is not None:
-        trial.load(Path(resume_from))
-    name = cfg.tracking.run_name or run_name(cfg)
-    ckpt_dir = Path(checkpoint_dir or cfg.checkpoint.dir or Path(cfg.work_dir) / "checkpoints" / name.replace(" ", "_"))
-    ckpt_path = ckpt_dir / CKPT_NAME
+    from .tracking import Tracker, close_run, default_uri, git_commit, host
 
     t = cfg.tracking
     tracker = Tracker(t.uri or default_uri(cfg.work_dir), t.experiment) if t.enabled else Tracker(None)
+    try:
+        trial = Trial(cfg)
+        if resume_from is not None:
+            trial.load(Path(resume_from))
+    except BaseException as e:
+        # A grid made this trial's run up front: it must not stay RUNNING when the trial cannot
+        # even start (a model that does not build, data that is not there).
+        if tracker.enabled and t.run_id:
+            close_run(tracker.uri, t.run_id, "failed",
+                      tags={"attnlab.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:4000]})
+        raise
+    name = cfg.tracking.run_name or run_name(cfg)
+    ckpt_dir = Path(checkpoint_dir or cfg.checkpoint.dir or Path(cfg.work_dir) / "checkpoints" / name.replace(" ", "_"))
+    ckpt_path = ckpt_dir / CKPT_NAME
     info = trial.data_info
     tags = {"git_commit": git_commit(), "dataset_fingerprint": info["fingerprint"], "torch_version": torch.__version__,
             "device": str(trial.device) + (f" ({torch.cuda.get_device_name()})" if trial.device.type == "cuda" else ""),
@@ -359,6 +370,7 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
         status, message = "diverged", str(e)
         print(f"trial {name!r} diverged: {e}", file=sys.stderr)
     except BaseException as e:  # the run is closed honestly; a retry re-opens it
+        tracker.set_tags({"attnlab.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:4000]})
         tracker.finish("killed" if isinstance(e, KeyboardInterrupt) else "failed")
         raise
 

@@ -46,6 +46,36 @@ def connect(num_cpus: Optional[int] = None) -> str:
     return "local"
 
 
+def alive_nodes() -> list[dict[str, Any]]:
+    """The cluster's alive nodes (Ray's node table entries)."""
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def run_on_every_node(fn: Any, payload: Any, timeout: float = 300.0) -> dict[str, Any]:
+    """``fn(payload)`` once on every alive node (node-affinity placement, not soft): node label
+    (``address (node id prefix)``) -> result. A node that cannot run it reports the error."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(num_cpus=0)(fn)
+    refs = {}
+    for n in alive_nodes():
+        label = f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})"
+        refs[label] = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                                     max_retries=0).remote(payload)
+    out = {}
+    for label, ref in refs.items():
+        try:
+            out[label] = ray.get(ref, timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - reported as that node's problem
+            out[label] = {"problems": [f"pre-flight task failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"],
+                          "backends": {}, "gpus": 0}
+    return out
+
+
 def _tune_reporter():
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -73,6 +103,7 @@ def trainable(config: dict[str, Any]) -> None:
             resume_from = local / CKPT_NAME
     tags = dict(cfg.tracking.tags)
     tags["attnlab.tune_trial_id"] = ctx.get_trial_id()
+    tags["attnlab.node"] = ray.util.get_node_ip_address()  # which node of the cluster ran (this attempt)
     cfg.tracking.tags = tags
     fit(cfg, reporter=_tune_reporter(), checkpoint_dir=ckpt_dir, resume_from=resume_from)
     shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -70,7 +70,7 @@ def test_ray_job_submit_smoke_with_divergence(tmp_path, ray_head, mlflow_server)
     arts = list_artifacts(mlflow_server, parent.info.run_id)
     assert {"spec.yaml", "expansion.jsonl", "summary.md", "summary.json"} <= set(arts)
     assert parent.info.status == "FINISHED"
-    assert "Δ vs paired baseline" in r.stdout
+    assert "Δ vs same-seed baseline" in r.stdout
 
 
 @pytest.mark.parametrize("fault", ["raise_at_epoch", "kill_at_epoch"])
