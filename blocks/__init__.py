@@ -6,6 +6,8 @@ Pure PyTorch (+ torchvision); knows nothing of data, Ray or MLflow.
     >>> blocks.names()                       # every registered attention
     >>> blocks.create("se", 64)              # a stage block, (N,64,H,W) -> (N,64,H,W)
     >>> blocks.build_model("resnet50", 1000, attention={"kind": "cbam"})
+    >>> blocks.build_model("resnet50", 100, attention="nonlocal", pretrained="resnet50.pth")
+    ...                                      # a local torchvision checkpoint; fc skipped (100 ≠ 1000)
 """
 from .registry import SLOTS, BlockEntry, UnknownBlockError, check_params, create, get, names, register
 

@@ -10,6 +10,10 @@ Two kinds of attention live here:
   attended descriptors feeding the classifier).  They are built by ``blocks.build_model`` from
   the same attention spec; ``create`` refuses them because they have no single-tensor contract.
 
+``create`` checks what it is given (channels a positive int) and installs an input check on
+the block (:class:`InputCheck`): anything but ``(N, channels, H, W)`` is a one-line
+``ValueError`` at the block's entry.
+
 Every entry records its paper placement (``default_slot``, ``default_stages``) so a spec that
 names only the block gets the paper's insertion.
 """

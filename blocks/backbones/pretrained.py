@@ -9,7 +9,7 @@ Accepted files: a state dict, or a dict holding it under ``"state_dict"`` or ``"
 usual training-script checkpoints); a ``"module."`` prefix on every key (DistributedDataParallel)
 is removed.  Every backbone key must be present and no other key may be: the error names the
 first few of each.  The classifier is the exception: an ``fc`` whose shape differs (another
-class count) is skipped with a warning and keeps its initialisation.
+class count, the same feature width) is skipped with a warning and keeps its initialisation.
 """
 from __future__ import annotations
 
@@ -57,12 +57,12 @@ def load_backbone_weights(net: Backbone, path: str | Path, load_fc: bool = True)
     """
     sd = read_state_dict(path)
     own = net.state_dict()
-    fc_keys = [k for k in own if k.startswith("fc.")]
     skip_fc = not load_fc
-    if load_fc and all(k in sd for k in fc_keys) and any(sd[k].shape != own[k].shape for k in fc_keys):
-        n_ckpt = sd["fc.weight"].shape[0] if "fc.weight" in sd else "?"
-        warnings.warn(f"pretrained {str(path)!r}: fc skipped (checkpoint has {n_ckpt} classes, the model "
-                      f"{net.num_classes}); it keeps its initialisation", stacklevel=3)
+    ckpt_fc, own_fc = sd.get("fc.weight"), own["fc.weight"]  # (classes, features)
+    if (load_fc and ckpt_fc is not None and ckpt_fc.shape[0] != own_fc.shape[0]
+            and ckpt_fc.shape[1:] == own_fc.shape[1:]):
+        warnings.warn(f"pretrained {str(path)!r}: fc skipped (checkpoint has {ckpt_fc.shape[0]} classes, "
+                      f"the model {own_fc.shape[0]}); it keeps its initialisation", stacklevel=3)
         skip_fc = True
     if skip_fc:
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}

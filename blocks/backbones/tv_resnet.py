@@ -9,7 +9,7 @@ renaming (:func:`blocks.backbones.pretrained.load_backbone_weights`), also into 
 attention: the ``gate`` slot is each block's ``attn`` attribute (after ``bn2``/``bn3``, before the
 add), stage-level blocks sit in ``layer{i}.attn`` (see :mod:`.base`).  Layout, initialisation
 (Kaiming-normal fan-out convs, BN γ = 1, β = 0, ``nn.Linear``'s default fc, no zero-init of the
-last BN) and parameter counts are torchvision's; ``tests/test_backbones.py`` checks the logits
+last BN) and parameter counts are torchvision's; ``tests/test_pretrained.py`` checks the logits
 of a loaded torchvision model.  torchvision is not imported.
 
 ``small_stem=True`` swaps the 7×7/2 conv + max-pool for a 3×3/1 conv (still ``conv1``) without
