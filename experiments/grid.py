@@ -147,7 +147,12 @@ def _cell(v: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def summarise(grid: Grid, results: dict[str, dict[str, Any]], metric: str = "best_top1") -> list[dict[str, Any]]:
-    """Per point: mean ± std over seeds, and the mean ± std of the paired (same-seed) delta."""
+    """Per point: mean ± std over the seeds that completed, and the paired (same-seed) delta.
+
+    Only completed trials count: a trial stopped early by the scheduler (ASHA) has a shorter
+    schedule and would bias the mean, so it is counted apart (``stopped``), never averaged in.
+    ``n_delta`` is the number of paired deltas behind the Δ column.
+    """
     by_point: dict[str, list[Trial]] = {}
     for t in grid.trials:
         by_point.setdefault(t.point, []).append(t)
@@ -166,13 +171,28 @@ def summarise(grid: Grid, results: dict[str, dict[str, Any]], metric: str = "bes
                     deltas.append(v - b[metric])
         rows.append({
             "point": point, "n": len(vals), "seeds": len(trials),
+            "stopped": sum(s == "stopped_early" for s in status),
             "mean": statistics.fmean(vals) if vals else None,
             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
             "delta": statistics.fmean(deltas) if deltas else None,
             "delta_std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0 if deltas else None,
+            "n_delta": len(deltas),
             "status": ",".join(sorted(set(status))),
         })
     return rows
+
+
+def paired_deltas(grid: Grid, results: dict[str, dict[str, Any]], metric: str = "best_top1") -> dict[str, float]:
+    """Trial id -> its metric minus its same-seed baseline's (both completed), for attention trials."""
+    base_of_seed = {(t.point, t.coords["seed"]): t.id for t in grid.trials if t.coords["attention"] == "none"}
+    out = {}
+    for t in grid.trials:
+        r = results.get(t.id, {})
+        b = results.get(base_of_seed.get((t.baseline_point, t.coords["seed"]), ""), {})
+        if (t.coords["attention"] != "none" and r.get("status") == "finished" and b.get("status") == "finished"
+                and r.get(metric) is not None and b.get(metric) is not None):
+            out[t.id] = r[metric] - b[metric]
+    return out
 
 
 def format_summary(rows: list[dict[str, Any]], metric: str) -> str:
@@ -181,10 +201,15 @@ def format_summary(rows: list[dict[str, Any]], metric: str) -> str:
             return "—"
         return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
 
-    out = [f"| point | {metric} (mean ± std) | Δ vs paired baseline | seeds | status |", "|---|---|---|---|---|"]
+    out = [f"| point | {metric} (mean ± std over seeds) | Δ vs same-seed baseline (mean ± std) | "
+           f"paired deltas | completed | stopped early | status |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['point']} | {pm(r['mean'], r['std'], r['n'])} | {pm(r['delta'], r['delta_std'], r['n'])} | "
-                   f"{r['n']}/{r['seeds']} | {r['status']} |")
+        out.append(f"| {r['point']} | {pm(r['mean'], r['std'], r['n'])} | {pm(r['delta'], r['delta_std'], r['n_delta'])} | "
+                   f"{r['n_delta']} | {r['n']}/{r['seeds']} | {r['stopped']} | {r['status']} |")
+    stopped = sum(r["stopped"] for r in rows)
+    if stopped:
+        out.append(f"\n{stopped} trial(s) stopped early by the scheduler: not in the means (shorter schedules).")
     return "\n".join(out)
 
 
@@ -204,7 +229,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="grid name (default: the spec's name)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted grid of the same name")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial; fractions share a GPU, e.g. 0.5 (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--scheduler", choices=["none", "asha"], default="none")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (from its checkpoint)")
@@ -220,7 +246,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     for flag in ("max_concurrent", "max_failures"):
         if getattr(a, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if a.gpus_per_trial < 0 or a.cpus_per_trial <= 0:
+    if (a.gpus_per_trial is not None and a.gpus_per_trial < 0) or a.cpus_per_trial <= 0:
         p.error("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
     if not (0 < a.tflops < float("inf")):
         p.error("--tflops must be a finite number > 0")
@@ -265,54 +291,185 @@ def tracking_uri(grid: Grid, storage: str) -> str:
     return f"sqlite:///{Path(storage) / 'mlflow.db'}"
 
 
-def attach_runs(grid: Grid, uri: str, experiment: str, name: str, spec_path: str) -> tuple[str, list[dict[str, Any]]]:
-    """Create (or find again) the parent run and one child run per trial; put the run ids and the
-    tracking target into each trial's config, so a trial never makes a run of its own."""
+def check_tracking(uri: str) -> None:
+    """A tracking server that does not answer is one line now, not minutes of client retries."""
+    from pipeline.tracking import check_reachable
+
+    if uri.startswith(("http://", "https://")):
+        try:
+            check_reachable(uri)
+        except ConnectionError as e:
+            raise ConfigError(f"MLFLOW_TRACKING_URI: {e}") from None
+
+
+def check_existing_grid(grid: Grid, uri: str, experiment: str, name: str, resume: bool) -> None:
+    """Without ``resume`` an existing grid of that name in the experiment is an error (its runs
+    are never silently reused); with ``resume`` the trials must be the ones the grid started
+    with (Tune's restore ignores added trials and changed flags): the error names what changed."""
+    from pipeline.tracking import child_trial_ids, find_parent_run
+
+    old = find_parent_run(uri, experiment, name)
+    if old is None:
+        return
+    if not resume:
+        raise ConfigError(f"grid {name!r} already has runs in MLflow experiment {experiment!r} (parent run "
+                          f"{old.info.run_id}); add --resume to continue it, or --name to start a new one")
+    before = set(child_trial_ids(uri, experiment, old.info.run_id)) - {None}
+    now = {t.id for t in grid.trials}
+    added, removed = sorted(now - before), sorted(before - now)
+    if before and (added or removed):
+        def few(ids: list[str]) -> str:
+            return ", ".join(ids[:5]) + (", …" if len(ids) > 5 else "")
+
+        raise ConfigError(f"--resume: the spec changed since grid {name!r} started: {len(added)} trial(s) added "
+                          f"({few(added)}), {len(removed)} removed ({few(removed)}); restore the spec, or start "
+                          f"a new grid with --name")
+
+
+def _data_key(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def run_preflight(grid: Grid, uri: str, storage: str, a: argparse.Namespace) -> dict[str, str]:
+    """Once per grid, before any trial: checks on every alive node (data, prepared FFCV files,
+    shared storage, tracking reachable, GPUs, the backend `auto` resolves to). Returns data key
+    -> backend; raises ConfigError with one line per problem, each naming its node."""
+    from pipeline.preflight import cluster_checks, remove_marker, resolved_backends, write_marker
+    from pipeline.tune import alive_nodes, cluster_gpus, run_on_every_node
+
+    nodes_alive = alive_nodes()
+    if len(nodes_alive) > 1 and "://" not in storage and storage == str(DEFAULT_STORAGE):
+        raise ConfigError(f"--storage: the default {DEFAULT_STORAGE} is node-local and this cluster has "
+                          f"{len(nodes_alive)} nodes; pass --storage on a shared filesystem or a URI (s3://bucket/runs)")
+    data = {_data_key(t.config["data"]): t.config["data"] for t in grid.trials}
+    marker = write_marker(storage)
+    try:
+        from pipeline.preflight import node_checks
+
+        nodes = run_on_every_node(node_checks, {"data": data, "storage": storage, "marker": marker,
+                                                "tracking_uri": uri})
+    finally:
+        remove_marker(storage, marker)
+    devices = {t.config.get("device", "auto") for t in grid.trials}
+    if "cuda" not in devices and cluster_gpus() > 0 and "auto" in devices:
+        devices.add("cuda")  # device auto on a GPU cluster is CUDA
+    problems = cluster_checks(nodes, tracking_uri=uri, storage=storage, gpus_per_trial=a.gpus_per_trial,
+                              cluster_gpus=cluster_gpus(), devices=devices)
+    if problems:
+        raise ConfigError.many([f"pre-flight: {p}" for p in problems])
+    backends = resolved_backends(nodes)
+    print(f"pre-flight: {len(nodes)} node(s) ok; data backend " +
+          ", ".join(sorted(set(backends.values()))) + f"; {a.gpus_per_trial:g} GPU(s) per trial")
+    return backends
+
+
+def attach_runs(grid: Grid, uri: str, experiment: str, name: str, spec_path: str,
+                resume: bool) -> tuple[str, list[dict[str, Any]]]:
+    """Create (or, with ``resume``, find again) the parent run and one child run per trial; put
+    the run ids and the tracking target into each trial's config, so a trial never makes a run
+    of its own.
+
+    Without ``resume`` an existing grid of that name in the experiment is an error (its runs
+    are never silently reused); with ``resume`` the trials must be the ones the grid started
+    with (Tune's restore ignores added trials), else the error names what changed.
+    """
     from pipeline.config import TrialConfig
     from pipeline.tracking import ensure_child_runs, ensure_parent_run, git_commit, log_parent_artifacts
     from pipeline.train import run_name
 
+    check_existing_grid(grid, uri, experiment, name, resume)
     commit = git_commit(Path(__file__).resolve().parent)
     parent = ensure_parent_run(uri, experiment, name, {"git_commit": commit, "attnlab.spec": str(spec_path)})
     names = {t.id: run_name(TrialConfig.model_validate(t.config)) for t in grid.trials}
     runs = ensure_child_runs(uri, experiment, parent,
-                             [(t.id, names[t.id], {"attnlab.point": t.point[:5000]}) for t in grid.trials])
+                             [(t.id, names[t.id], {"attnlab.point": t.point[:5000], **_coord_tags(t)})
+                              for t in grid.trials])
     trials = []
     for t in grid.trials:
         cfg = json.loads(json.dumps(t.config))
         cfg["tracking"].update({"uri": uri, "experiment": experiment, "run_id": runs[t.id],
                                 "parent_run_id": parent, "run_name": names[t.id],
-                                "tags": {**cfg["tracking"].get("tags", {}), "attnlab.trial": t.id, "attnlab.grid": name}})
+                                "tags": {**cfg["tracking"].get("tags", {}), "attnlab.trial": t.id, "attnlab.grid": name,
+                                         "git_commit": commit}})
         trials.append(cfg)
     table = "\n".join(json.dumps({"trial": t.id, "run_id": runs[t.id], **t.coords}) for t in grid.trials)
-    log_parent_artifacts(uri, parent, {"spec.yaml": Path(spec_path).read_text(), "expansion.jsonl": table})
+    log_parent_artifacts(uri, parent, {"spec.yaml": Path(spec_path).read_bytes(), "expansion.jsonl": table})
     os.environ.setdefault("ATTNLAB_GIT_COMMIT", commit)
     return parent, trials
 
 
-def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
-    from pipeline.tracking import finish_parent, log_parent_artifacts
-    from pipeline.tune import connect, run_grid
+def _coord_tags(t: Trial) -> dict[str, str]:
+    """The ablation coordinates as ``coord.*`` tags: columns of the MLflow runs table."""
+    return {f"coord.{k}": _cell(v)[:250] for k, v in t.coords.items()}
 
-    uri = tracking_uri(grid, storage)
-    experiment = (grid.spec.base.get("tracking") or {}).get("experiment") or name
-    parent_id, trials = attach_runs(grid, uri, experiment, name, a.spec)
+
+def close_trial_runs(uri: str, trials: list[dict[str, Any]], rows: list[dict[str, Any]],
+                     deltas: dict[str, float], max_epochs: dict[str, int]) -> None:
+    """After the grid: every child run ends in a final state, and carries its paired delta.
+
+    A trial stopped by the scheduler is FINISHED and tagged ``stopped_early``; a trial whose
+    retries ran out (its worker killed, its node lost) is FAILED with the error, never left
+    RUNNING.
+    """
+    from pipeline.tracking import close_run, get_run, log_run_metrics
+
+    run_of = {c["name"]: c["tracking"]["run_id"] for c in trials}
+    for r in rows:
+        run_id = run_of.get(r["trial"])
+        if run_id is None:
+            continue
+        if r["trial"] in deltas:
+            log_run_metrics(uri, run_id, {"delta_top1": deltas[r["trial"]]})
+        if r["status"] == "stopped_early":
+            close_run(uri, run_id, "stopped_early", tags={"attnlab.stopped_at_epoch": r.get("epochs")})
+        elif get_run(uri, run_id).info.status == "RUNNING":
+            close_run(uri, run_id, "failed" if r["status"] == "error" else r["status"],
+                      tags={"attnlab.error": r.get("error") or "the trial ended without closing its run"})
+
+
+def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
+    from pipeline.tracking import finish_parent, log_parent_artifacts, ui_url
+    from pipeline.tune import cluster_gpus, connect, run_grid
+
+    try:
+        uri = tracking_uri(grid, storage)
+        experiment = (grid.spec.base.get("tracking") or {}).get("experiment") or name
+        check_tracking(uri)
+        check_existing_grid(grid, uri, experiment, name, a.resume)
+        print(f"ray: {connect()}")
+        if a.gpus_per_trial is None:
+            a.gpus_per_trial = 1.0 if cluster_gpus() > 0 else 0.0
+        backends = run_preflight(grid, uri, storage, a)
+        for t in grid.trials:  # the backend `auto` resolved to, the same on every node
+            t.config["data"]["backend"] = backends[_data_key(t.config["data"])]
+        parent_id, trials = attach_runs(grid, uri, experiment, name, a.spec, a.resume)
+    except ConfigError as e:
+        cli_exit(e)
     print(f"grid {name}: {len(trials)} trials; MLflow {uri} experiment {experiment!r} parent run {parent_id}")
-    print(f"ray: {connect()}")
+    epochs = {c["name"]: c["optim"]["epochs"] for c in trials}
     rows = run_grid(trials, name=name, storage=storage, resume=a.resume, max_concurrent=a.max_concurrent,
                     cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                     max_failures=a.max_failures, scheduler=a.scheduler,
-                    epochs=max(t["optim"]["epochs"] for t in trials))
+                    epochs=max(epochs.values()))
+    for r in rows:  # a trial that ended cleanly before its last epoch was stopped by the scheduler
+        if r["status"] == "finished" and r.get("epochs") is not None and r["epochs"] < epochs.get(r["trial"], 0):
+            r["status"] = "stopped_early"
     results = {r["trial"]: r for r in rows}
+    deltas = paired_deltas(grid, results, a.metric)
+    close_trial_runs(uri, trials, rows, deltas, epochs)
     summary = summarise(grid, results, a.metric)
     text = format_summary(summary, a.metric)
+    seeds = sorted({t.coords["seed"] for t in grid.trials})
     print("\n" + text)
+    print(f"\n{len(seeds)} seed(s) per point ({', '.join(map(str, seeds))}); each Δ is the mean of the paired "
+          f"deltas counted in its row.")
     failed = [r for r in rows if r["status"] == "error"]
     log_parent_artifacts(uri, parent_id, {"summary.md": text + "\n", "summary.json": json.dumps(summary, indent=1),
                                           "results.json": json.dumps(rows, indent=1)})
-    finish_parent(uri, parent_id, ok=not failed, metrics={"trials": len(rows), "failed": len(failed),
-                                                         "diverged": sum(r["status"] == "diverged" for r in rows)})
-    print(f"\nMLflow: {uri}  (experiment {experiment!r}, parent run {parent_id})")
+    finish_parent(uri, parent_id, ok=not failed, metrics={
+        "trials": len(rows), "failed": len(failed), "diverged": sum(r["status"] == "diverged" for r in rows),
+        "stopped_early": sum(r["status"] == "stopped_early" for r in rows)})
+    print(f"\nMLflow runs of this grid: {ui_url(uri, experiment)}")
     return 1 if failed else 0
 
 
