@@ -39,7 +39,8 @@ fully connected layers before the classifier and the attended layers have g's 51
 * Local features are the stage outputs (after the residual add and ReLU).
 * ``u^s`` as a 1×1 conv to one channel without bias (a bias is a shift every softmax ignores).
 * The backbone's ``fc`` is replaced by ``nn.Identity`` (it is never used), so the model's
-  parameters are ``backbone − fc + attention_modules`` and every parameter gets a gradient.
+  parameters are ``backbone − fc + attention_modules`` and, at the default stages, every
+  parameter gets a gradient (``tests/test_dead_params.py``).
   ``attention_modules`` = [global map (where built), projections, compatibility vectors,
   classifier].
 * ``normalise="sigmoid"``: not one of the paper's evaluated variants; a widely used unofficial

@@ -38,8 +38,10 @@ class Stage(nn.Module):
     def __len__(self) -> int:
         return self.num_blocks
 
-    def __getitem__(self, i: int) -> nn.Module:
-        return self._modules[str(range(self.num_blocks)[i])]
+    def __getitem__(self, i: int | slice) -> nn.Module | list[nn.Module]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        return self._modules[str(range(self.num_blocks)[i])]  # negative i counts from the end
 
     def __iter__(self) -> Iterator[nn.Module]:
         return (self._modules[str(i)] for i in range(self.num_blocks))
