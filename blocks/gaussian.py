@@ -31,9 +31,7 @@ Choices (the paper leaves them open or we could not read them):
 * Output path: 1×1 conv C'→C (no bias) then BatchNorm with γ = 0 at init (the non-local
   block's zero-init, arXiv:1711.07971 Sec. 4.1), so a freshly inserted block is the identity
   and a pretrained backbone is unchanged; the residual add is ours (see above).  ``bn=False``
-  drops the BN (then the output conv is zero-initialised instead, still the identity at init):
-  the training-mode BN and its backward cost about as much as the aggregation itself on CPU
-  (docs/benchmarks.md).
+  drops the BN (then the output conv is zero-initialised instead, still the identity at init).
 * Placement (``after_block`` after every residual block of every stage) is our choice.  Cost
   per block: 2·C·C' + 2C + 1 parameters (C=256: 16,897); in total +5,060,112 on ResNet-50
   (+20%, mostly the 2048-channel stage), +177,928 on ResNet-18, +4,713 on CIFAR ResNet-20.
@@ -67,6 +65,26 @@ BN-folded output projection.  Gradients: ``safe_softmax``'s backward is the exac
 backward on the kept support (dropped entries get 0), i.e. the exact gradient of the truncated
 kernel, whose support is piecewise constant in σ; the gradient of σ differs from the
 untruncated one by O(τ) (tested against finite differences and τ = 0).
+
+Computation (separable form, float32/float64, ``bn`` an affine ``nn.BatchNorm2d`` or
+``bn=False``).  The block runs as one autograd function (:class:`_SeparableBlock`) that
+computes exactly ``forward_reference`` (value conv, aggregation, ``self.bn``, add through
+autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that path):
+
+* BN is folded into the output projection.  u = W_out y is linear in y, so the batch mean and
+  variance of u's C channels follow from the mean m and covariance S of y's C' channels:
+  μ = W_out m, σ²_c = (W_out S W_outᵀ)_cc; with s = γ/√(σ² + ε) the block is
+  z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x.  The width-C tensors u and
+  BN(u) never exist, and BN's passes over them (statistics, normalise, add; in backward two
+  reductions and the input gradient) are replaced by O(C'²·N·H·W) work on y.
+* The backward is written out (the chain rule through m, S, μ, σ², s, also in the function's
+  comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz (no separate gradient
+  accumulation pass), dL/d(W', b') one GEMM against [y; 1].
+* Saved for backward: x (the caller's), V, T = V Kwᵀ and [y; 1] (C' or C'+1 channels each).
+Running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum`` or
+the cumulative average).  Tests compare it with ``forward_reference`` and the dense map in
+float64 (values, every gradient, running statistics) and run ``gradcheck`` on the function.
+Speed against the two 1×1 convs alone: docs/benchmarks.md.
 
 Maps (see :mod:`blocks.maps`): ``sigma`` (0-d); ``centre`` (N, H, W), the 2-D map of the
 centre query ((H−1)//2, (W−1)//2); in the separable form also ``kernel_h`` (H, H) and
@@ -161,19 +179,170 @@ class GaussianAttention(MapsMixin, nn.Module):
                 centre = ((h - 1) // 2) * w + (w - 1) // 2
                 self._keep("centre", a[centre].view(1, h, w).expand(n, h, w))
         else:
-            kh = gaussian_kernel_1d(h, sigma, self.threshold)  # (H, H)
-            kw = gaussian_kernel_1d(w, sigma, self.threshold)  # (W, W)
-            t = torch.matmul(v, kw.t())  # (N, C', H, W)   along x: t[.., y, x] = Σ_x' Kw[x, x'] v[.., y, x']
-            y = torch.matmul(kh, t)  # (N, C', H, W)   along y: Σ_y' Kh[y, y'] t[.., y', x]
-            if self._capture:
-                self._keep("kernel_h", kh)
-                self._keep("kernel_w", kw)
-                centre = torch.outer(kh[(h - 1) // 2], kw[(w - 1) // 2])  # (H, W)
-                self._keep("centre", centre.expand(n, h, w))
+            kh, kw = self._kernels(h, w, v.dtype, n)  # (H, H), (W, W)
+            b = n * c
+            vb = v.reshape(b, h, w)  # (B, H, W)   B = N·C'
+            t = torch.mm(vb.reshape(b * h, w), kw.t()).view(b, h, w)  # along x: Σ_x' Kw[x, x'] v[.., y, x']
+            y = torch.bmm(kh.expand(b, h, h), t).view(n, c, h, w)  # along y: Σ_y' Kh[y, y'] t[.., y', x]
         self._keep("sigma", self.sigma)
         return y
 
+    def _kernels(self, h: int, w: int, dtype: torch.dtype, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The separable form's row-normalised 1-D kernels Kh (H, H) and Kw (W, W) (batch n:
+        for the captured centre map)."""
+        sigma = self.sigma.to(dtype)  # 0-d
+        kh = gaussian_kernel_1d(h, sigma, self.threshold)  # (H, H)
+        kw = gaussian_kernel_1d(w, sigma, self.threshold)  # (W, W)
+        if self._capture:
+            self._keep("kernel_h", kh)
+            self._keep("kernel_w", kw)
+            centre = torch.outer(kh[(h - 1) // 2], kw[(w - 1) // 2])  # (H, W)
+            self._keep("centre", centre.expand(n, h, w))
+        return kh, kw
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            return self._forward_fused(x)
+        return self.forward_reference(x)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The block as written (convs, aggregation, ``self.bn``, add), all through autograd."""
         v = self.value(x)  # (N, C', H, W)
         y = self.aggregate(v)  # (N, C', H, W)
         return self.bn(self.out(y)).add_(x)  # (N, C, H, W)   x + BN(W_out y); BN saves no output
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        bn = self.bn
+        plain_bn = type(bn) is nn.BatchNorm2d and bn.affine
+        return (
+            not self.dense
+            and (plain_bn or type(bn) is nn.Identity)
+            and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Same function as :meth:`forward_reference`, through :class:`_SeparableBlock`."""
+        n, c, h, w = x.shape
+        bn = self.bn
+        kh, kw = self._kernels(h, w, x.dtype, n)
+        self._keep("sigma", self.sigma)
+        w_v = self.value.weight.flatten(1)  # (C', C)
+        w_out = self.out.weight.flatten(1)  # (C, C')
+        if isinstance(bn, nn.Identity):
+            z, _, _ = _SeparableBlock.apply(x.flatten(2), w_v, kh, kw, w_out, None, None, None, None, 0.0, h)
+            return z.view(n, c, h, w)
+        batch_stats = bn.training or bn.running_mean is None
+        if batch_stats and n * h * w <= 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+            )
+        running = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
+        z, mean, var = _SeparableBlock.apply(
+            x.flatten(2), w_v, kh, kw, w_out, bn.weight, bn.bias, *running, bn.eps, h
+        )
+        if bn.training and bn.track_running_stats:  # as nn.BatchNorm2d
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                m = n * h * w
+                bn.running_mean.mul_(1.0 - f).add_(mean, alpha=f)
+                bn.running_var.mul_(1.0 - f).add_(var * (m / (m - 1)), alpha=f)
+        return z.view(n, c, h, w)
+
+
+class _SeparableBlock(torch.autograd.Function):
+    """z = x + BN(W_out · Kh V Kwᵀ),  V = W_v x  — the whole block in one forward and one backward.
+
+    Inputs: x (N, C, L) with L = H·W row-major; W_v (C', C); Kh (H, H); Kw (W, W); W_out (C, C');
+    γ, β (C) or None (no BN); running mean and variance (C) or None (batch statistics); ε; H.
+
+    BN folded into the output projection.  u = W_out y is linear in y, so its batch statistics
+    follow from y's (C' channels instead of C): μ = W_out m and σ²_c = (W_out S W_outᵀ)_cc with
+    m, S the mean and biased covariance of y over (N, L).  With s = γ / √(σ² + ε),
+    BN(u) = W' y + b', W' = diag(s) W_out, b' = β − s ⊙ μ, so z = x + [W' | b'] · [y; 1] is one
+    batched GEMM onto a copy of x: u and BN's output never exist.  The backward is the exact
+    gradient of that composition (BN's statistics included, derived in the comments below):
+    dL/dW' and dL/db' come out of one GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM
+    onto a copy of gz.  Saved for backward: V, T = V Kwᵀ and [y; 1] (width C' each), not the
+    width-C tensors.  Returns z and (not differentiable) μ, σ² for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_v, kh, kw, w_out, gamma, beta, run_mean, run_var, eps: float, h: int):
+        n, c, l = x.shape
+        cp = w_v.shape[0]
+        w = l // h
+        b = n * cp
+        v = torch.bmm(w_v.expand(n, cp, c), x)  # (N, C', L)   V = W_v x
+        t = torch.mm(v.view(b * h, w), kw.t()).view(b, h, w)  # (B, H, W)   T = V Kwᵀ
+        y = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)  # (N, C', L)   y = Kh T
+        ya = torch.cat([y, y.new_ones(n, 1, l)], 1)  # (N, C'+1, L)   [y; 1]
+        mean = var = s = invstd = y_mean = cov = None
+        if gamma is None:  # no BN: z = x + W_out y
+            w_aug = torch.cat([w_out, w_out.new_zeros(c, 1)], 1)  # (C, C'+1)
+        else:
+            if run_mean is None:  # batch statistics of u = W_out y, from y's
+                y_mean = y.mean((0, 2))  # (C',)   m
+                yc = y - y_mean.view(1, cp, 1)  # (N, C', L)
+                cov = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / (n * l)  # (C', C')   S
+                del yc
+                mean = w_out @ y_mean  # (C,)   μ = W_out m
+                var = ((w_out @ cov) * w_out).sum(1)  # (C,)   σ² = diag(W_out S W_outᵀ)
+            else:
+                mean, var = run_mean, run_var
+            invstd = torch.rsqrt(var + eps)  # (C,)
+            s = gamma * invstd  # (C,)
+            w_aug = torch.cat([s.unsqueeze(1) * w_out, (beta - s * mean).unsqueeze(1)], 1)  # (C, C'+1)
+        z = torch.baddbmm(x, w_aug.expand(n, c, cp + 1), ya)  # (N, C, L)   x + W' y + b'
+        ctx.save_for_backward(x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, cov)
+        ctx.batch_stats = gamma is not None and run_mean is None
+        if mean is None:
+            return z, None, None
+        mean, var = mean.detach().clone(), var.detach().clone()
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, gz, _gmean, _gvar):
+        x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, cov = ctx.saved_tensors
+        n, c, l = x.shape
+        cp = w_v.shape[0]
+        b, h, w = t.shape
+        gz = gz.contiguous()
+        # z = x + W_aug ya:  dW_aug = Σ_n gz ya_nᵀ  (its last column is dL/db' = Σ gz),  dy = W'ᵀ gz
+        g_aug = torch.bmm(gz, ya.transpose(1, 2)).sum(0)  # (C, C'+1)
+        g_w2, g_b2 = g_aug[:, :cp], g_aug[:, cp]  # (C, C'), (C,)
+        w2 = w_aug[:, :cp]  # (C, C')   W'
+        gy = torch.bmm(w2.t().expand(n, cp, c), gz)  # (N, C', L)
+        g_gamma = g_beta = None
+        if gamma is None:
+            g_wout = g_w2
+        else:
+            # W' = diag(s) W_out, b' = β − s ⊙ μ, s = γ ⊙ invstd, invstd = (σ² + ε)^-½
+            g_s = (g_w2 * w_out).sum(1) - g_b2 * mean  # (C,)
+            g_gamma, g_beta = g_s * invstd, g_b2
+            g_wout = s.unsqueeze(1) * g_w2  # (C, C')
+            if ctx.batch_stats:
+                y = ya[:, :cp]  # (N, C', L)
+                g_mu = -g_b2 * s  # (C,)   through b'
+                g_var = -0.5 * g_s * s * invstd.square()  # (C,)   through invstd
+                # μ = W_out m:  dW_out += g_μ mᵀ,  dm = W_outᵀ g_μ
+                # σ²_c = w_cᵀ S w_c:  dW_out += 2 diag(g_σ²) W_out S,  dS = W_outᵀ diag(g_σ²) W_out
+                g_wout = g_wout + torch.outer(g_mu, y_mean) + 2.0 * (g_var.unsqueeze(1) * w_out) @ cov
+                g_m = w_out.t() @ g_mu  # (C',)
+                g_cov = w_out.t() @ (g_var.unsqueeze(1) * w_out)  # (C', C')   symmetric
+                # S = Σ (y − m)(y − m)ᵀ / M, m = Σ y / M  →  dy += (2/M) dS (y − m) + dm / M
+                big_g = g_cov * (2.0 / (n * l))  # (C', C')
+                shift = g_m / (n * l) - big_g @ y_mean  # (C',)
+                gy = torch.baddbmm(gy, big_g.expand(n, cp, cp), y).add_(shift.view(1, cp, 1))
+        # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
+        gyb = gy.view(b, h, w)
+        g_kh = torch.bmm(gyb, t.transpose(1, 2)).sum(0)  # (H, H)
+        g_t = torch.bmm(kh.t().expand(b, h, h), gyb)  # (B, H, W)
+        g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))  # (W, W)
+        g_v = torch.mm(g_t.view(b * h, w), kw).view(n, cp, l)  # (N, C', L)
+        # V = W_v x:  dx = gz + W_vᵀ dV (one GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
+        g_x = torch.baddbmm(gz, w_v.t().expand(n, c, cp), g_v)  # (N, C, L)
+        g_wv = torch.bmm(g_v, x.transpose(1, 2)).sum(0)  # (C', C)
+        return g_x, g_wv, g_kh, g_kw, g_wout, g_gamma, g_beta, None, None, None, None

@@ -1,13 +1,14 @@
 """The Gaussian (explicitly modeled) attention block against a naive loop over the paper's map."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 import blocks
-from blocks.gaussian import GaussianAttention, gaussian_kernel_1d, gaussian_kernel_2d
+from blocks.gaussian import GaussianAttention, _SeparableBlock, gaussian_kernel_1d, gaussian_kernel_2d
 from blocks.maps import capture_maps
 
 SIZES = [(5, 7), (1, 7), (5, 1), (4, 4)]
@@ -39,14 +40,15 @@ def _block(sigma: float, dense: bool, **kw) -> GaussianAttention:
 @pytest.mark.parametrize("sigma", SIGMAS)
 @pytest.mark.parametrize("hw", SIZES)
 def test_naive_loop_equals_separable_and_dense(sigma, hw):
+    """Math, so float64: equal up to the truncation bound (< 2·HW·τ·max|v| ≈ 1e-10 here)."""
     torch.manual_seed(0)
     v = torch.randn(2, 6, *hw, dtype=torch.float64)
-    ref = naive_aggregate(v, sigma)
     for dense in (False, True):
-        m = _block(sigma, dense)
-        got = m.aggregate(v.float())
+        m = _block(sigma, dense).double()
+        ref = naive_aggregate(v, m.sigma.item())  # σ as stored (log σ was a float32 at init)
+        got = m.aggregate(v)
         assert got.shape == v.shape
-        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, ref, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)
@@ -60,33 +62,133 @@ def test_full_block_equals_naive(sigma):
         m.bn.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
     with torch.no_grad():
-        ref = x + m.bn(m.out(naive_aggregate(m.value(x), sigma)))
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=0)
+        ref = x + m.bn(m.out(naive_aggregate(m.value(x), m.sigma.item())))
+        torch.testing.assert_close(m(x), ref, atol=1e-9, rtol=0)
         m.dense = True
-        torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(m(x), ref, atol=1e-9, rtol=0)
+
+
+def _random_block(sigma: float, bn: bool = True, dense: bool = False) -> GaussianAttention:
+    """float64 block, training mode, with a non-trivial output path (so every gradient flows)."""
+    m = blocks.create("gaussian", 6, radius=sigma, reduction=2, bn=bn, dense=dense).double()
+    with torch.no_grad():
+        m.out.weight.normal_()
+        if bn:
+            m.bn.weight.normal_()
+            m.bn.bias.normal_()
+            m.bn.running_mean.normal_()
+            m.bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _step(m, x, g, forward=None):
+    """Output, gradients (x and every parameter) and the BN buffers after one step."""
+    xi = x.clone().requires_grad_()
+    y = (forward or m)(xi)
+    grads = torch.autograd.grad(y, [xi, *m.parameters()], g)
+    return y.detach(), grads, [b.clone() for b in m.buffers()]
 
 
 @pytest.mark.parametrize("sigma", SIGMAS)
 @pytest.mark.parametrize("hw", [(5, 7), (1, 7), (9, 4)])
 def test_separable_equals_dense_values_and_grads(sigma, hw):
+    """The block (separable, fused) against the paper's dense map through plain autograd and
+    nn.BatchNorm2d in training mode: outputs, all gradients, running statistics.  float64;
+    the two truncate different supports (module docstring), so they agree to ~1e-10."""
     torch.manual_seed(2)
-    x = torch.randn(2, 6, *hw)
-    g = torch.randn(2, 6, *hw)
-    sep = blocks.create("gaussian", 6, radius=sigma, reduction=2)
-    with torch.no_grad():
-        sep.bn.weight.normal_()  # so gradients reach σ and the value conv
-    den = blocks.create("gaussian", 6, radius=sigma, reduction=2, dense=True)
+    x = torch.randn(2, 6, *hw, dtype=torch.float64)
+    g = torch.randn(2, 6, *hw, dtype=torch.float64)
+    sep = _random_block(sigma).train()
+    den = _random_block(sigma, dense=True).train()
     den.load_state_dict(sep.state_dict())
-    outs, grads = [], []
-    for m in (sep, den):
-        xi = x.clone().requires_grad_()
-        y = m(xi)
-        y.backward(g)
-        outs.append(y.detach())
-        grads.append((xi.grad, m.log_sigma.grad, m.value.weight.grad))
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    (ys, gs, bs), (yd, gd, bd) = _step(sep, x, g), _step(den, x, g)
+    torch.testing.assert_close(ys, yd, atol=1e-8, rtol=0)
+    for a, b in zip(gs, gd):
+        torch.testing.assert_close(a, b, atol=1e-8 * (1 + b.abs().max().item()), rtol=0)
+    for a, b in zip(bs, bd):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("bn", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 6, 1, 7), (1, 6, 9, 4), (2, 6, 7, 1)])
+def test_fused_path_equals_autograd_reference(shape, train, bn):
+    """forward (one autograd Function, BN folded into the output GEMM) == forward_reference
+    (value conv, aggregation, nn.BatchNorm2d, add through autograd): same kernels, so equal to
+    float64 rounding — outputs, every gradient, running statistics, two steps, momentum None."""
+    torch.manual_seed(8)
+    m = _random_block(1.5, bn=bn).train(train)
+    if bn:
+        m.bn.momentum = None
+    ref = copy.deepcopy(m)
+    for _ in range(2):
+        x = torch.randn(*shape, dtype=torch.float64)
+        g = torch.randn(*shape, dtype=torch.float64)
+        (y, gr, b), (yr, grr, br) = _step(m, x, g), _step(ref, x, g, ref.forward_reference)
+        torch.testing.assert_close(y, yr, atol=1e-12, rtol=1e-12)
+        for a, c in zip(gr, grr):
+            torch.testing.assert_close(a, c, atol=1e-12 * (1 + c.abs().max().item()), rtol=1e-12)
+        for a, c in zip(b, br):
+            torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-12)
+
+
+def test_fused_path_channels_last_and_float32():
+    """A channels_last input gives the contiguous input's result; float32 agrees with the
+    reference to tolerances relative to each tensor's magnitude (other CPUs, thread counts)."""
+    torch.manual_seed(9)
+    m = _random_block(2.0).float().train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(4, 6, 9, 11)
+    g = torch.randn(4, 6, 9, 11)
+    y, gr, _ = _step(m, x, g)
+    yc, grc, _ = _step(m, x.to(memory_format=torch.channels_last), g)
+    yr, grr, _ = _step(ref, x, g, ref.forward_reference)
+    for a, b in zip([y, yc, *gr, *grc], [yr, yr, *grr, *grr]):
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stats", ["batch", "running", "no bn"])
+def test_separable_block_function_gradcheck(stats):
+    """Finite differences (float64) on every input of the fused Function, σ's kernels included."""
+    torch.manual_seed(10)
+    n, c, cp, h, w = 2, 3, 2, 3, 4
+    d = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, c, h * w, **d)
+    w_v, w_out = torch.randn(cp, c, **d), torch.randn(c, cp, **d)
+    kh = torch.softmax(torch.randn(h, h, dtype=torch.float64), 1).requires_grad_()
+    kw = torch.softmax(torch.randn(w, w, dtype=torch.float64), 1).requires_grad_()
+    gamma, beta = torch.randn(c, **d), torch.randn(c, **d)
+    run = (torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5)
+    args = {
+        "batch": (gamma, beta, None, None),
+        "running": (gamma, beta, *run),
+        "no bn": (None, None, None, None),
+    }[stats]
+
+    def f(x, w_v, kh, kw, w_out, *bn_args):
+        return _SeparableBlock.apply(x, w_v, kh, kw, w_out, *bn_args, *args[len(bn_args):], 1e-5, h)[0]
+
+    inputs = (x, w_v, kh, kw, w_out) + tuple(a for a in args[:2] if a is not None)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_fused_path_saves_no_width_c_tensor_but_x():
+    """Memory: between forward and backward the block keeps, besides x itself, only tensors of
+    at most C' + 1 channels per position (V, T, [y; 1]) and weights."""
+    m = blocks.create("gaussian", 48).train()  # C' = 6
+    x = torch.randn(2, 48, 9, 7, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    others = [t for t in saved if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()]
+    assert len(others) < len(saved)  # x is saved (for dL/dW_v)
+    assert max(t.numel() for t in others) <= 2 * 7 * 9 * 7  # N · (C' + 1) · H · W
 
 
 @pytest.mark.parametrize("dense", [False, True])
