@@ -9,7 +9,10 @@ An attention spec names a block and where it goes (timm's byobnet-style attentio
                     (the official non-local placement: every other block of res3/res4);
 * ``stage_end``   — one stage block after the last residual block of the stage;
 * ``replace_conv``— the block replaces the residual branch's 3×3 conv (GSA, SASA); where that
-                    conv had stride 2 the block is followed by a 2×2 average pool.
+                    conv had stride 2 the block is followed by a 2×2 average pool.  The
+                    branch's BN follows the block directly, so in training any per-channel
+                    constant the block adds (an output bias: PAM's value bias, the output BN β
+                    of non-local/SPA/Gaussian) is cancelled there, as a conv bias before BN is.
 
 ``after_block``/``stage_end`` blocks are held in the stage's ``attn`` ModuleDict (keyed by the
 index of the residual block they follow), so the backbone's own state-dict keys never change —

@@ -95,6 +95,53 @@ def test_stage_block_has_no_dead_parameter(name, params, mode):
         assert set(dead) == allowed, f"{name} ({mode}): allow-listed but live: {sorted(allowed - set(dead))}"
 
 
+# replace_conv: a training-mode BN follows the block directly and cancels any per-channel
+# constant the block adds — its output bias, like a conv bias before BN (blocks.insert says so).
+REPLACE_CONV_SHIFTS = {
+    "pam": {"value.bias"}, "danet": {"pam.value.bias"}, "nonlocal": {"bn.bias"}, "spa": {"bn.bias"},
+    "gaussian": {"bn.bias"},
+}
+
+
+def nudge(m: torch.nn.Module, seed: int = 1) -> None:
+    """Move every parameter off its initial value at its own scale (zeros to ±0.1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            p.copy_(p * (1 + 0.2 * noise) if p.abs().max() > 0 else 0.1 * noise)
+
+
+# At C = 32 a reduction of 16 leaves 2 hidden ReLUs; fed a BN output (zero mean per channel)
+# their sign is the bias's, so both can be off at a random point.  More units avoid that.
+IN_NET_PARAMS = {"se": {"reduction": 4}, "cbam": {"reduction": 4}}
+
+
+@pytest.mark.parametrize("slot", ["gate", "after_block", "stage_end", "replace_conv"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_stage_block_in_every_slot_has_no_dead_parameter(name, slot):
+    """Inside a network (training mode), in each slot."""
+    if (name, slot) == ("gsa", "after_block"):
+        pytest.skip("GSA's positional branch is cubic in its input: six in a row with no BN after "
+                    "them overflow the scale (softmax saturates), see blocks/backbones/gsa_resnet.py")
+    spec = {"kind": name, "slot": slot, "stages": [2, 3], **IN_NET_PARAMS.get(name, {})}
+    m = blocks.build_model("cifar_resnet20", 10, attention=spec)
+    m = m.double()
+    for a in m.attention_modules:
+        nudge(a)
+    x = torch.randn(2, 3, 15, 13, dtype=torch.float64)
+    dead, _ = dead_parameters(m, lambda mod: mod(x), "train")
+    allowed = {p for (b, p), modes in ALLOWED.items() if b == name and "train" in modes}
+    if slot == "replace_conv":
+        allowed |= REPLACE_CONV_SHIFTS.get(name, set())
+    local = {}  # model parameter name -> its name inside its attention module
+    for a in m.attention_modules:
+        ids = {id(p): n for n, p in a.named_parameters()}
+        local.update({n: ids[id(p)] for n, p in m.named_parameters() if id(p) in ids})
+    bad = [n for n in dead if local.get(n) not in allowed]
+    assert not bad, f"{name} in {slot}: dead parameters {bad}"
+
+
 MODEL_CASES = [
     ("ltpa", {}),
     ("ltpa", {"compat": "dp", "stages": [-1, 2], "global_dim": 24}),
