@@ -1,6 +1,7 @@
 """Small on-disk datasets in the official layouts, made by the data tests (no downloads)."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -103,3 +104,33 @@ def make_tiny(root: Path, *, wnids=("n02", "n01", "n03"), train_per_class=3, n_v
         lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return base
+
+
+# ---------------------------------------------------------------- the FFCV test policy
+SKIP_FFCV_VAR = "ATTNLAB_SKIP_FFCV"
+
+
+def ffcv_import_error() -> str:
+    """'' when FFCV and our backend import, else why not (one line)."""
+    try:
+        import pipeline.data.ffcv_backend  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken numba/ffcv build
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return ""
+
+
+def require_ffcv(module_level: bool = False) -> None:
+    """FFCV tests run, or fail: they are skipped only when ATTNLAB_SKIP_FFCV=1 says so.
+
+    A missing FFCV is a broken test environment (CI must test the FFCV backend), not a reason
+    to skip silently.
+    """
+    import pytest
+
+    if os.environ.get(SKIP_FFCV_VAR) == "1":
+        pytest.skip(f"{SKIP_FFCV_VAR}=1: FFCV tests skipped by choice",
+                    allow_module_level=module_level)
+    why = ffcv_import_error()
+    if why:
+        pytest.fail(f"FFCV does not import ({why}): install it with `make install-ffcv`, or set "
+                    f"{SKIP_FFCV_VAR}=1 to skip the FFCV tests on purpose", pytrace=False)

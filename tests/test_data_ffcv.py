@@ -1,5 +1,6 @@
 """FFCV backend: write -> read round trips, same meaning as the torch backend, no hang,
-atomic writes, damaged files.  Skipped cleanly when ffcv is not installed.
+atomic writes, damaged files.  Without ffcv these tests FAIL (``make install-ffcv``);
+``ATTNLAB_SKIP_FFCV=1`` skips them on purpose.
 
 FFCV compiles each loader's pipeline on its first epoch (seconds), so loaders are built once
 per module (``loaders`` fixture) and shared by the tests.
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("ffcv")
+from _data_makers import make_cifar, make_imagefolder, make_tiny, require_ffcv  # noqa: E402
+
+require_ffcv(module_level=True)
 
 import pipeline.data as data  # noqa: E402
-from _data_makers import make_cifar, make_imagefolder, make_tiny  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from pipeline.data import ffcv_backend as fb  # noqa: E402
 from pipeline.data import make_loaders, store  # noqa: E402

@@ -1,8 +1,6 @@
 """The plain PyTorch backend: output contract, order, sharding, augmentation meaning."""
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +10,7 @@ from _data_makers import make_imagefolder
 from pipeline.config import DataConfig
 from pipeline.data import make_loaders
 from pipeline.data.loader import epoch_indices
+from pipeline.data import keyed_random as kr
 from pipeline.data.plan import Op
 from pipeline.data.source import read_rgb
 from pipeline.data.torch_loader import (
@@ -19,7 +18,6 @@ from pipeline.data.torch_loader import (
     SampleDataset,
     batch_padcrop,
     fit_window,
-    rrc_params,
     sample_transform,
 )
 from pipeline.errors import ConfigError
@@ -96,20 +94,23 @@ def test_distributed_shards(world):
 
 
 def test_padcrop_is_a_window_of_the_zero_padded_image():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(1, 255, (16, 8, 8, 3), dtype=torch.uint8)
-    out = batch_padcrop(x, 2, g)
+    x = torch.randint(1, 255, (64, 8, 8, 3), dtype=torch.uint8)
+    out = batch_padcrop(x, 2, kr.sample_keys(kr.epoch_key(0, 0), np.arange(64)))
     padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
-    for i in range(16):
-        assert any(torch.equal(out[i], padded[i, dy:dy + 8, dx:dx + 8])
-                   for dy in range(5) for dx in range(5))
+    seen = set()
+    for i in range(64):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(out[i], padded[i, dy:dy + 8, dx:dx + 8])]
+        assert hits, i
+        seen.update(hits)
+    assert len(seen) > 15  # offsets spread over the 25 possible windows
 
 
 def test_geometry_helpers():
     assert fit_window(256, 320, 224 / 256) == (16, 48, 224)
-    rng = random.Random(0)
-    for _ in range(200):
-        top, left, h, w = rrc_params(60, 90, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    ekey = kr.epoch_key(0, 0)
+    for i in range(200):
+        top, left, h, w = kr.rrc_window(60, 90, (0.08, 1.0), (3 / 4, 4 / 3), kr.sample_key(ekey, i))
         assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 90
     x = torch.arange(3 * 6 * 10, dtype=torch.uint8).view(3, 6, 10)
     assert torch.equal(Fit(6, 1.0)(x), x[:, :, 2:8])  # centred square, already 6x6
@@ -150,9 +151,10 @@ def test_generated_images_go_through_the_sample_path():
 
     gen = Generator(3, 40, 0, 0)
     split = Split(labels=np.arange(6) % 3, make=gen)
-    ds = SampleDataset(split, sample_transform((Op("rrc", res=24), Op("flip"))))
-    x, y = ds[4]
+    ds = SampleDataset(split, sample_transform((Op("rrc", res=24), Op("flip")), seed=1))
+    x, y = ds[(4, 0)]
     assert x.shape == (24, 24, 3) and x.dtype == torch.uint8 and y == 1
+    assert torch.equal(ds[(4, 0)][0], x) and not torch.equal(ds[(4, 1)][0], x)  # keyed by epoch
 
 
 def test_auto_falls_back_to_torch_with_one_warning(monkeypatch, capsys):

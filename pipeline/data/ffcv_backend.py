@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -32,10 +33,12 @@ import ffcv  # noqa: E402
 from ffcv.fields import IntField, RGBImageField  # noqa: E402
 from ffcv.fields.basics import IntDecoder  # noqa: E402
 from ffcv.fields.rgb_image import (  # noqa: E402
+    IMAGE_MODES,
     CenterCropRGBImageDecoder,
-    RandomResizedCropRGBImageDecoder,
+    ResizedCropRGBImageDecoder,
     SimpleRGBImageDecoder,
 )
+from ffcv.libffcv import imdecode, resize_crop  # noqa: E402
 from ffcv.loader import Loader as _FFCVLoader  # noqa: E402
 from ffcv.loader import OrderOption  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
@@ -45,6 +48,8 @@ from ffcv.reader import Reader  # noqa: E402
 from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage  # noqa: E402
 from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
 from ffcv.writer import DatasetWriter  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 torch.set_num_threads(_threads)  # importing ffcv set it to 1
 
@@ -69,6 +74,7 @@ sys.unraisablehook = _quiet_numba_finalizer
 
 from pipeline.errors import ConfigError  # noqa: E402
 
+from . import keyed_random as kr  # noqa: E402
 from .loader import Loader, epoch_indices  # noqa: E402
 from .plan import Op, Plan, SplitPlan, is_identity_fit  # noqa: E402
 from .source import Split  # noqa: E402
@@ -93,12 +99,15 @@ class _WriteView:
 
     def _fail(self, i: int, msg: str):
         where = self.split.paths[i] if self.split.paths is not None else f"sample {i}"
-        with open(self.errors_path, "a") as f:
+        with open(self.errors_path, "a", errors="replace") as f:
             f.write(f"{where}: {msg}\n".replace("\r", " "))
         h, w = self.image_size or (8, 8)
         return np.zeros((h, w, 3), np.uint8)
 
     def __getitem__(self, i: int):
+        # FFCV's 'proportion' mode picks JPEG or raw with np.random right after this call, in
+        # this process: seeding by index makes that choice, and so the file, reproducible.
+        np.random.seed(int(i) % 2**32)
         try:
             img = np.ascontiguousarray(self.split.image(int(i)), dtype=np.uint8)
             if img.ndim != 3 or img.shape[2] != 3:
@@ -158,7 +167,7 @@ def write_split(split: Split, path: Path, policy: dict, *, fields, workers: int,
             with contextlib.redirect_stderr(io.StringIO()):
                 writer.from_indexed_dataset(view, chunksize=chunk)
         try:
-            lines = errors_path.read_text().splitlines()
+            lines = errors_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             lines = []
         if lines:
@@ -171,28 +180,158 @@ def write_split(split: Split, path: Path, policy: dict, *, fields, workers: int,
 
 
 # ---------------------------------------------------------------- reading
+# Random augmentations draw from pipeline.data.keyed_random, keyed by (seed, epoch, sample
+# index), never from numba's per-thread generator (unseeded, and shared out to threads in no
+# fixed order).  The epoch changes while the compiled pipeline stays the same, and numba
+# freezes captured arrays into constants, so the epoch's key lives in a uint64 buffer that
+# the compiled code reads through its address (:class:`EpochKey`).
+_U64 = np.uint64
+_GOLDEN, _MUL1, _MUL2 = _U64(kr.GOLDEN), _U64(kr.MUL1), _U64(kr.MUL2)
+_ONE, _S11, _S27, _S30, _S31 = _U64(1), _U64(11), _U64(27), _U64(30), _U64(31)
+
+
+@intrinsic
+def _load_u64(typingctx, addr):
+    """The uint64 at integer address ``addr``, read when the compiled code runs."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint64)))
+        return builder.load(ptr)
+
+    return types.uint64(addr), codegen
+
+
+@njit(nogil=True)
+def _nb_mix(z):
+    z = (z ^ (z >> _S30)) * _MUL1
+    z = (z ^ (z >> _S27)) * _MUL2
+    return z ^ (z >> _S31)
+
+
+@njit(nogil=True)
+def _nb_sample_key(ekey, index):
+    return _nb_mix(ekey + (_U64(index) + _ONE) * _GOLDEN)
+
+
+@njit(nogil=True)
+def _nb_uniform(key, stream, k):
+    z = _nb_mix(key + _U64(stream * 64 + k + 1) * _GOLDEN)
+    return np.float64(z >> _S11) * kr.INV_2_53
+
+
+@njit(nogil=True)
+def _nb_rrc_window(h, w, key, s_lo, s_hi, lr_lo, lr_hi, a_lo, a_hi):
+    """:func:`pipeline.data.keyed_random.rrc_window` in numba (same draws, same result)."""
+    h, w = np.int64(h), np.int64(w)
+    area = h * w
+    for t in range(kr.RRC_TRIES):
+        target = area * (s_lo + (s_hi - s_lo) * _nb_uniform(key, kr.RRC, 2 * t))
+        ar = math.exp(lr_lo + (lr_hi - lr_lo) * _nb_uniform(key, kr.RRC, 2 * t + 1))
+        cw = np.int64(round(math.sqrt(target * ar)))
+        ch = np.int64(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = np.int64(_nb_uniform(key, kr.RRC, 2 * kr.RRC_TRIES) * (h - ch + 1))
+            left = np.int64(_nb_uniform(key, kr.RRC, 2 * kr.RRC_TRIES + 1) * (w - cw + 1))
+            return top, left, ch, cw
+    r = w / h
+    if r < a_lo:
+        cw, ch = w, np.int64(round(w / a_lo))
+    elif r > a_hi:
+        ch, cw = h, np.int64(round(h * a_hi))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+class EpochKey:
+    """The current epoch's augmentation key, where compiled pipelines read it."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.buf = np.zeros(1, np.uint64)
+        self.address = int(self.buf.ctypes.data)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.buf[0] = kr.epoch_key(self.seed, epoch)
+
+
+class SeededRandomResizedCrop(ResizedCropRGBImageDecoder):
+    """Decode + random-resized-crop, the window drawn by :func:`keyed_random.rrc_window`
+    for (seed, epoch, sample index): FFCV's ``RandomResizedCropRGBImageDecoder`` with
+    reproducible windows (the same windows the torch backend cuts)."""
+
+    def __init__(self, output_size, key: EpochKey, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        super().__init__(output_size)
+        self.key, self.scale, self.ratio = key, tuple(scale), tuple(ratio)
+
+    @property
+    def get_crop_generator(self):  # the parent's abstract hook; our code draws its own windows
+        return None
+
+    def generate_code(self):
+        read = self.memory_read
+        loop = Compiler.get_iterator()
+        decode_jpeg = Compiler.compile(imdecode)
+        crop_resize = Compiler.compile(resize_crop)
+        jpg = IMAGE_MODES["jpg"]
+        addr = self.key.address
+        s_lo, s_hi = float(self.scale[0]), float(self.scale[1])
+        a_lo, a_hi = float(self.ratio[0]), float(self.ratio[1])
+        lr_lo, lr_hi = math.log(a_lo), math.log(a_hi)
+
+        def seeded_rrc(batch_indices, my_storage, metadata, storage_state):
+            out, scratch = my_storage
+            ekey = _load_u64(addr)
+            for k in loop(len(batch_indices)):
+                index = batch_indices[k]
+                m = metadata[index]
+                data = read(m["data_ptr"], storage_state)
+                h, w = np.uint32(m["height"]), np.uint32(m["width"])
+                if m["mode"] == jpg:
+                    flat = scratch[k]
+                    decode_jpeg(data, flat, h, w, h, w, 0, 0, 1, 1, False, False)
+                    img = flat.reshape(-1)[:3 * h * w].reshape(h, w, 3)
+                else:
+                    img = data.reshape(h, w, 3)
+                top, left, ch, cw = _nb_rrc_window(h, w, _nb_sample_key(ekey, index), s_lo, s_hi,
+                                                   lr_lo, lr_hi, a_lo, a_hi)
+                crop_resize(img, top, top + ch, left, left + cw, out[k])
+            return out[:len(batch_indices)]
+
+        seeded_rrc.is_parallel = True
+        return seeded_rrc
+
+
 class PadCropFlip(Operation):
     """Pad-and-random-crop (zero fill) and/or random horizontal flip, in one pass.
 
     The same meaning as ``pad(p) -> random crop back to h x w -> flip with p=0.5``, i.e.
     FFCV's ``RandomTranslate`` followed by ``RandomHorizontalFlip``, but one loop over the
-    pixels instead of three copies, and a fraction of their JIT compile time.
+    pixels instead of three copies, and a fraction of their JIT compile time.  Offsets and
+    flips come from :mod:`~pipeline.data.keyed_random` for (seed, epoch, sample index).
     """
 
-    def __init__(self, padding: int = 0, flip: bool = True):
+    def __init__(self, padding: int = 0, flip: bool = True, key: EpochKey | None = None):
         super().__init__()
         self.padding, self.flip = int(padding), bool(flip)
+        self.key = key if key is not None else EpochKey(0)
 
     def generate_code(self):
         my_range = Compiler.get_iterator()
-        pad, do_flip = self.padding, self.flip
+        pad, do_flip, addr = self.padding, self.flip, self.key.address
+        span = 2 * pad + 1
 
-        def pad_crop_flip(images, dst):
+        def pad_crop_flip(images, dst, batch_indices):
             n, h, w, c = images.shape
+            ekey = _load_u64(addr)
             for i in my_range(n):
-                dy = np.random.randint(0, 2 * pad + 1) - pad
-                dx = np.random.randint(0, 2 * pad + 1) - pad
-                flip = do_flip and np.random.random() < 0.5
+                key = _nb_sample_key(ekey, batch_indices[i])
+                dy = np.int64(_nb_uniform(key, kr.PAD, 0) * span) - pad
+                dx = np.int64(_nb_uniform(key, kr.PAD, 1) * span) - pad
+                flip = do_flip and _nb_uniform(key, kr.FLIP, 0) < 0.5
                 for y in range(h):
                     sy = y + dy
                     inside_y = 0 <= sy < h
@@ -208,6 +347,7 @@ class PadCropFlip(Operation):
             return dst
 
         pad_crop_flip.is_parallel = True
+        pad_crop_flip.with_indices = True  # FFCV passes the batch's sample indices
         return pad_crop_flip
 
     def declare_state_and_memory(self, previous_state):
@@ -281,11 +421,14 @@ class _ShardOrder(TraversalOrder):
                              rank=self.rank, world_size=self.world_size, even=self.even)
 
 
-def image_pipeline(ops: tuple[Op, ...], plan: Plan, stored_size, device: torch.device) -> list:
+def image_pipeline(ops: tuple[Op, ...], plan: Plan, stored_size, device: torch.device,
+                   key: Optional[EpochKey] = None) -> list:
+    """FFCV ops for a split's plan; random ops read their epoch key from ``key``."""
+    key = key if key is not None else EpochKey(plan.seed)
     first, rest = ops[0], ops[1:]
     if first.kind == "rrc":
-        pipe: list = [RandomResizedCropRGBImageDecoder((first.res, first.res), scale=first.scale,
-                                                       ratio=first.aspect)]
+        pipe: list = [SeededRandomResizedCrop((first.res, first.res), key, scale=first.scale,
+                                              ratio=first.aspect)]
     elif first.kind == "fit":
         if is_identity_fit(first, stored_size):
             pipe = [SimpleRGBImageDecoder()]
@@ -298,7 +441,7 @@ def image_pipeline(ops: tuple[Op, ...], plan: Plan, stored_size, device: torch.d
         if kinds not in (["padcrop"], ["flip"], ["padcrop", "flip"]):  # pragma: no cover
             raise ValueError(f"unsupported op sequence {kinds}")
         pad = rest[0].padding if kinds[0] == "padcrop" else 0
-        pipe.append(PadCropFlip(padding=pad, flip=kinds[-1] == "flip"))
+        pipe.append(PadCropFlip(padding=pad, flip=kinds[-1] == "flip", key=key))
     if plan.normalize and device.type == "cpu":
         pipe.append(NormalizeImage(np.array(plan.mean) * 255, np.array(plan.std) * 255,
                                    np.float32))
@@ -344,11 +487,13 @@ class FFCVLoader(Loader):
                                 world_size=world_size, even=split_plan.split == "train")
             n = len(order.sample_order(0))
         super().__init__(split_plan, plan, n, device)
-        img = image_pipeline(split_plan.ops, plan, stored_size, device)
+        self.key = EpochKey(plan.seed)
+        img = image_pipeline(split_plan.ops, plan, stored_size, device, self.key)
         lab = label_pipeline(device)
         check_order(img)
         check_order(lab)
         self.signature = tuple(type(op).__name__ for op in img)
+        self._running = None
         self.path = Path(path)
         self._on_device_norm = plan.normalize and device.type != "cpu"
         if self._on_device_norm:
@@ -365,18 +510,31 @@ class FFCVLoader(Loader):
         finally:
             torch.set_num_threads(threads)
 
+    def _stop_previous(self) -> None:
+        """Let an abandoned epoch's FFCV thread finish before the epoch key changes under it."""
+        prev, self._running = self._running, None
+        if prev is not None and prev.is_alive():
+            prev.terminate_event.set()
+            prev.join(timeout=120)  # it stops once its queue is full (a few batches at most)
+            prev.close()
+
     def __iter__(self):
+        self._stop_previous()
         self.inner.next_epoch = self.epoch
+        self.key.set_epoch(self.epoch)
         self.epoch += 1
         threads = torch.get_num_threads()
-        batches = iter(self.inner)  # FFCV sets torch's thread count to num_workers here
+        batches = self._running = iter(self.inner)  # FFCV sets torch's threads to num_workers
         torch.set_num_threads(threads)
-        for x, y in batches:
-            if self._on_device_norm:
-                x = x.float().sub_(self.mean).mul_(self.inv_std)
-            if not self.plan.channels_last:
-                x = x.contiguous()
-            yield x, y.view(-1)
+        try:
+            for x, y in batches:
+                if self._on_device_norm:
+                    x = x.float().sub_(self.mean).mul_(self.inv_std)
+                if not self.plan.channels_last:
+                    x = x.contiguous()
+                yield x, y.view(-1)
+        finally:
+            batches.terminate_event.set()  # abandoned early: its thread stops (joined next epoch)
 
 
 def build(folder: Path, manifest: dict, plan: Plan, *, device, rank: int, world_size: int,

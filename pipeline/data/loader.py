@@ -35,10 +35,14 @@ def epoch_indices(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int, wo
 
 
 class ShardSampler(torch.utils.data.Sampler):
+    """:func:`epoch_indices` for a DataLoader; ``with_epoch`` yields ``(index, epoch)`` pairs,
+    so that workers (persistent ones too) key each sample's augmentation by its epoch."""
+
     def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int, world_size: int,
-                 even: bool):
+                 even: bool, with_epoch: bool = False):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.even = rank, world_size, even
+        self.with_epoch = with_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,8 +52,11 @@ class ShardSampler(torch.utils.data.Sampler):
         return epoch_indices(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
                              rank=self.rank, world_size=self.world_size, even=self.even)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
+    def __iter__(self) -> Iterator:
+        order = self.indices().tolist()
+        if self.with_epoch:
+            return iter([(i, self.epoch) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return len(self.indices()) if self.world_size > 1 else self.n

@@ -14,41 +14,17 @@
 from __future__ import annotations
 
 import contextlib
-import math
-import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import keyed_random as kr
 from .loader import Loader, Normaliser, ShardSampler, epoch_indices
 from .plan import Op, Plan, SplitPlan
 from .source import Source, Split
 
-_SPLIT_ID = {"train": 0, "val": 1}
-
-
 # ---------------------------------------------------------------- geometry shared by both paths
-def rrc_params(h: int, w: int, scale, aspect, rng: random.Random) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random-resized-crop window (10 tries, then centre)."""
-    area = h * w
-    lo, hi = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        ar = math.exp(rng.uniform(lo, hi))
-        cw = int(round(math.sqrt(target * ar)))
-        ch = int(round(math.sqrt(target / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
-    r = w / h
-    if r < aspect[0]:
-        cw, ch = w, int(round(w / aspect[0]))
-    elif r > aspect[1]:
-        ch, cw = h, int(round(h * aspect[1]))
-    else:
-        ch, cw = h, w
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
 def fit_window(h: int, w: int, ratio: float) -> tuple[int, int, int]:
     """(top, left, side) of the centred square that ``fit`` keeps."""
     side = max(1, int(ratio * min(h, w)))
@@ -71,19 +47,6 @@ class Fit(torch.nn.Module):
         return resize_cl(x[..., top:top + side, left:left + side], self.res)
 
 
-class _TorchRandom:
-    """``random.Random``-like draws from torch's global generator (seeded per DataLoader
-    worker by PyTorch, so worker augmentation is reproducible from the loader's seed)."""
-
-    @staticmethod
-    def uniform(a: float, b: float) -> float:
-        return a + (b - a) * float(torch.rand(()))
-
-    @staticmethod
-    def randint(a: int, b: int) -> int:
-        return int(torch.randint(a, b + 1, ()))
-
-
 def resize_cl(x: torch.Tensor, res: int) -> torch.Tensor:
     """uint8 C x h x w (any strides) -> C x res x res with channels-last strides.
 
@@ -98,17 +61,23 @@ def resize_cl(x: torch.Tensor, res: int) -> torch.Tensor:
 
 
 class SampleTransform:
-    """The plan's ops on one uint8 3 x H x W image -> uint8 res x res x 3 (HWC)."""
+    """The plan's ops on one uint8 3 x H x W image -> uint8 res x res x 3 (HWC).
 
-    def __init__(self, ops: tuple[Op, ...]):
+    Random choices come from :mod:`~pipeline.data.keyed_random` for the sample's key (seed,
+    epoch, index): the same windows, offsets and flips as the FFCV backend and the in-memory
+    path, in any worker and after any resume.
+    """
+
+    def __init__(self, ops: tuple[Op, ...], seed: int = 0):
         self.ops = ops
-        self.rng = _TorchRandom()
+        self.seed = seed
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, index: int = 0, epoch: int = 0) -> torch.Tensor:
+        key = kr.sample_key(kr.epoch_key(self.seed, epoch), index)
         for op in self.ops:
             h, w = x.shape[-2:]
             if op.kind == "rrc":
-                top, left, ch, cw = rrc_params(h, w, op.scale, op.aspect, self.rng)
+                top, left, ch, cw = kr.rrc_window(h, w, op.scale, op.aspect, key)
                 x = resize_cl(x[:, top:top + ch, left:left + cw], op.res)
             elif op.kind == "fit":
                 if not (op.ratio == 1.0 and h == w == op.res):
@@ -116,18 +85,18 @@ class SampleTransform:
                     x = resize_cl(x[:, top:top + side, left:left + side], op.res)
             elif op.kind == "padcrop":
                 p = op.padding
-                dy, dx = self.rng.randint(0, 2 * p), self.rng.randint(0, 2 * p)
+                dy, dx = kr.offset(key, p, 0), kr.offset(key, p, 1)
                 x = F.pad(x, (p, p, p, p))[:, dy:dy + h, dx:dx + w]
             elif op.kind == "flip":
-                if float(torch.rand(())) < 0.5:
+                if kr.flip(key):
                     x = x.flip(-1)
             else:  # pragma: no cover
                 raise ValueError(op.kind)
         return x.permute(1, 2, 0).contiguous()
 
 
-def sample_transform(ops: tuple[Op, ...]) -> SampleTransform:
-    return SampleTransform(ops)
+def sample_transform(ops: tuple[Op, ...], seed: int = 0) -> SampleTransform:
+    return SampleTransform(ops, seed)
 
 
 def decode(data: torch.Tensor) -> torch.Tensor:
@@ -155,8 +124,9 @@ class SampleDataset(torch.utils.data.Dataset):
             return decode(read_file(s.paths[i]))
         return torch.from_numpy(np.ascontiguousarray(s.image(i))).permute(2, 0, 1)
 
-    def __getitem__(self, i: int):
-        return self.transform(self.image_chw(i)), int(self.split.labels[i])  # HWC -> NHWC batches
+    def __getitem__(self, item):
+        i, epoch = item if isinstance(item, tuple) else (item, 0)  # the sampler sends (i, epoch)
+        return self.transform(self.image_chw(i), i, epoch), int(self.split.labels[i])  # HWC
 
 
 def _worker_init(_: int) -> None:
@@ -170,17 +140,16 @@ class FileLoader(Loader):
                  world_size: int):
         self.sampler = ShardSampler(len(split), shuffle=split_plan.shuffle, seed=plan.seed,
                                     rank=rank, world_size=world_size,
-                                    even=split_plan.split == "train")
+                                    even=split_plan.split == "train", with_epoch=True)
         super().__init__(split_plan, plan, len(self.sampler), device)
         self.normaliser = Normaliser(plan, device)
         workers = plan.workers
         self.dataloader = torch.utils.data.DataLoader(
-            SampleDataset(split, sample_transform(split_plan.ops)),
+            SampleDataset(split, sample_transform(split_plan.ops, plan.seed)),
             batch_size=split_plan.batch_size, sampler=self.sampler, num_workers=workers,
             drop_last=split_plan.drop_last, pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=_worker_init if workers > 0 else None,
-            generator=torch.Generator().manual_seed(plan.seed * 1000 + rank),
         )
 
     def __iter__(self):
@@ -204,43 +173,43 @@ def batch_fit(x: torch.Tensor, op: Op) -> torch.Tensor:
     return x
 
 
-def batch_padcrop(x: torch.Tensor, p: int, gen: torch.Generator) -> torch.Tensor:
+def batch_padcrop(x: torch.Tensor, p: int, keys: np.ndarray) -> torch.Tensor:
     """Zero-pad by ``p`` and take a random ``h x w`` window per image (N x H x W x C)."""
     n, h, w, _ = x.shape
     xp = F.pad(x, (0, 0, p, p, p, p))
-    offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=gen).tolist()
+    dys, dxs = kr.offsets_array(keys, p, 0).tolist(), kr.offsets_array(keys, p, 1).tolist()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    for i, (dy, dx) in enumerate(offsets):  # slices: faster than one gather on small images
+    for i, (dy, dx) in enumerate(zip(dys, dxs)):  # slices: faster than one gather on small images
         out[i] = xp[i, dy:dy + h, dx:dx + w]
     return out
 
 
-def batch_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = torch.rand(x.shape[0], generator=gen) < 0.5
+def batch_flip(x: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
+    mask = torch.from_numpy(kr.flips_array(keys))
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(2), x)
 
 
-def batch_rrc(x: torch.Tensor, op: Op, rng: random.Random) -> torch.Tensor:
+def batch_rrc(x: torch.Tensor, op: Op, keys: np.ndarray) -> torch.Tensor:
     _, h, w, _ = x.shape
     out = []
-    for img in x:
-        top, left, ch, cw = rrc_params(h, w, op.scale, op.aspect, rng)
+    for img, key in zip(x, keys.tolist()):
+        top, left, ch, cw = kr.rrc_window(h, w, op.scale, op.aspect, key)
         out.append(resize_cl(img[top:top + ch, left:left + cw].permute(2, 0, 1), op.res)
                    .permute(1, 2, 0))
     return torch.stack(out)
 
 
-def apply_batch_ops(x: torch.Tensor, ops: tuple[Op, ...], gen: torch.Generator,
-                    rng: random.Random) -> torch.Tensor:
+def apply_batch_ops(x: torch.Tensor, ops: tuple[Op, ...], keys: np.ndarray) -> torch.Tensor:
+    """The plan's ops on a uint8 N x H x W x C batch; ``keys``: the samples' keyed_random keys."""
     for op in ops:
         if op.kind == "fit":
             x = batch_fit(x, op)
         elif op.kind == "padcrop":
-            x = batch_padcrop(x, op.padding, gen)
+            x = batch_padcrop(x, op.padding, keys)
         elif op.kind == "flip":
-            x = batch_flip(x, gen)
+            x = batch_flip(x, keys)
         elif op.kind == "rrc":
-            x = batch_rrc(x, op, rng)
+            x = batch_rrc(x, op, keys)
         else:  # pragma: no cover
             raise ValueError(op.kind)
     return x
@@ -279,18 +248,16 @@ class TensorLoader(Loader):
         idx = epoch_indices(len(self.labels), shuffle=sp.shuffle, seed=self.plan.seed,
                             epoch=self.epoch, rank=self.rank, world_size=self.world_size,
                             even=sp.split == "train")
-        state = np.random.SeedSequence(
-            [self.plan.seed, self.epoch, self.rank, _SPLIT_ID[sp.split]]).generate_state(2)
-        gen = torch.Generator().manual_seed(int(state[0]))
-        rng = random.Random(int(state[1]))
+        ekey = kr.epoch_key(self.plan.seed, self.epoch)
         self.epoch += 1
         idx_t = torch.from_numpy(idx)
         bs = sp.batch_size
         stop = len(idx) - len(idx) % bs if sp.drop_last else len(idx)
         for start in range(0, stop, bs):
             b = idx_t[start:start + bs]
+            keys = kr.sample_keys(ekey, idx[start:start + bs])
             with one_thread(self.device):
-                x = apply_batch_ops(self.images[b], sp.ops, gen, rng)
+                x = apply_batch_ops(self.images[b], sp.ops, keys)
                 out = self.normaliser(x, self.labels[b])
             yield out
 
