@@ -180,3 +180,13 @@ def test_cost_cli_json_and_errors():
                         "--stages", "4"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "stage 4" in r.stderr
+
+
+def test_attention_model_compiles_without_graph_breaks():
+    """Stage-level and gate attention (with the entry check hooks) trace as one graph."""
+    for spec in [{"kind": "cbam", "slot": "after_block", "stages": [2]}, {"kind": "se", "stages": [3]}]:
+        m = blocks.build_model("cifar_resnet20", 10, attention=spec).eval()
+        x = torch.randn(2, 3, 12, 10)
+        compiled = torch.compile(m, backend="eager", fullgraph=True)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), m(x))

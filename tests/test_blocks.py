@@ -1,5 +1,7 @@
 """The contract every registered stage block keeps (parametrized over the registry)."""
 
+import pickle
+
 import pytest
 import torch
 
@@ -126,6 +128,17 @@ def test_input_checked_at_entry(name):
         with pytest.raises(ValueError, match=msg):
             m(torch.randn(*bad))
     assert m(torch.randn(1, C, 3, 4)).shape == (1, C, 3, 4)
+
+
+@pytest.mark.parametrize("name", STAGE)
+def test_block_with_its_entry_check_pickles(name):
+    m = blocks.create(name, C).eval()
+    m2 = pickle.loads(pickle.dumps(m))
+    x = torch.randn(1, C, 3, 5)
+    with torch.no_grad():
+        assert torch.equal(m2(x), m(x))
+    with pytest.raises(ValueError, match=f"C={C}"):  # the check came along
+        m2(torch.randn(C, 3, 5))
 
 
 @pytest.mark.parametrize("bad", [True, False, 0, -4, 2.0, "32", None])
