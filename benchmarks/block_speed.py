@@ -11,7 +11,8 @@ Sizes: ``small`` = (C=64, 32×32), ``large`` = (C=256, 56×56); batch 8 by defau
 * every stage block in ``blocks.names("stage")`` with its registry defaults;
 * ``nonlocal`` with and without sub-sampling (``create("nonlocal", C, subsample=True/False)``),
   the reference: the ratio columns divide by the sub-sampled non-local row;
-* ``gaussian`` in its dense (HW×HW) form and without its output BN, and the Gaussian *aggregation step alone* (on
+* ``gaussian`` in its dense (HW×HW) form, without its output BN, and through its plain-autograd
+  ``forward_reference`` (the same function unfused), and the Gaussian *aggregation step alone* (on
   values of width C' = C/8, σ = 2) separable vs dense, plus both at σ = 0.3 with and without
   the kernel truncation (τ = 0: the denormal case the truncation exists for);
 * ``two 1×1 convs C→C'→C`` — the cost floor of the gaussian block (its value and output
@@ -80,6 +81,18 @@ class AggregationOnly(nn.Module):
         return self.block.aggregate(v)
 
 
+class ReferencePath(nn.Module):
+    """A gaussian block run through ``forward_reference`` (plain autograd, ``nn.BatchNorm2d``):
+    the same function as the block's fused path, for a side-by-side time."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = blocks.create("gaussian", channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.forward_reference(x)
+
+
 def two_convs(channels: int) -> nn.Module:
     inner = max(1, channels // GAUSS_REDUCTION)
     return nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.Conv2d(inner, channels, 1, bias=False))
@@ -111,6 +124,7 @@ def rows_for(names: list[str]) -> list[Row]:
         Row(REFERENCE, lambda c: blocks.create("nonlocal", c, subsample=True)),
         Row("gaussian (dense form)", lambda c: blocks.create("gaussian", c, dense=True)),
         Row("gaussian (bn=False)", lambda c: blocks.create("gaussian", c, bn=False)),
+        Row("gaussian (autograd reference path)", ReferencePath),
         Row("two 1×1 convs C→C'→C", two_convs),
     ]
     agg_c = lambda c: max(1, c // GAUSS_REDUCTION)  # noqa: E731
