@@ -444,6 +444,20 @@ def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
 
     Returns ``{action: {key: run_id}}``.
     """
+    # MLflow prints "View run … at: URL" for every run it terminates on a server: 100+ lines here
+    quiet = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        return _sync_keyed_runs(uri, experiment, records, key_tag)
+    finally:
+        if quiet is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = quiet
+
+
+def _sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
+                     key_tag: str) -> dict[str, dict[str, str]]:
     import hashlib
     import json
     import time
