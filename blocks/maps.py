@@ -7,7 +7,7 @@ every such block of a model and collects the maps keyed by ``"<module path>/<map
 
     with capture_maps(model) as maps:
         model(x)
-    maps["stages.0.3.attn/keep_index"]   # e.g. the positions SPA kept
+    maps["stages.0.attn.2/keep_index"]   # e.g. the positions kept by SPA after block 2 of stage 1
 
 Map conventions (documented per block): spatial maps are ``(N, H, W)`` or ``(N, heads, H, W)``;
 affinities are ``(N, HW_query, HW_key)`` (use :func:`query_map` to cut one query's row back
