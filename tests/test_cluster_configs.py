@@ -257,7 +257,13 @@ def test_mlflow_server_command_parses_with_mlflows_cli():
     except click.UsageError as e:  # pragma: no cover
         pytest.fail(f"mlflow server rejects its arguments: {e}")
     assert params["app_name"] == "basic-auth"
-    assert params["backend_store_uri"].startswith("postgresql:")
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the head installs psycopg2.
+    assert params["backend_store_uri"].startswith("postgresql+psycopg2:")
+    # The head installs what this server needs: the auth extra of the project's MLflow pin, psycopg2.
+    mlflow_pin = re.search(r'"(mlflow==[^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    for cloud in LAUNCHER:
+        head = " ".join(pip_installs(load(LAUNCHER[cloud])["head_setup_commands"]))
+        assert "psycopg2-binary" in head and f"'{mlflow_pin.replace('==', '[auth]==')}'" in head, head
     assert params["artifacts_destination"] == "s3://bucket/mlflow" and params["serve_artifacts"]
     assert params["host"] == "0.0.0.0"  # trials on the workers log to it
     # The secrets reach the server from the file, never on its command line.
@@ -273,7 +279,7 @@ def test_mlflow_auth_settings_hold_no_password():
     section = ini["mlflow"]
     assert "admin_password" not in section
     url = make_url(section["database_uri"])
-    assert url.get_backend_name() == "postgresql" and url.password is None
+    assert (url.get_backend_name(), url.get_driver_name()) == ("postgresql", "psycopg2") and url.password is None
     assert url.query.get("host") == "/var/run/postgresql"  # Unix socket, peer authentication
     # The server reads it from the same folder as mounted on the nodes.
     assert (CLUSTER / "mlflow-basic-auth.ini").is_file()
@@ -646,3 +652,164 @@ def test_grid_commands_in_the_guide_are_valid():
         args = grid_args_of(cmd.replace("…", "x"))
         a = parse_args(args)
         assert (ROOT / a.spec).is_file(), cmd
+
+
+# ---------------------------------------------------------------------------------------------
+# the head's MLflow server, run here for real: node.sh's `mlflow server` line, the basic-auth
+# settings and the secrets init-secrets.sh makes, on a private PostgreSQL reached like on the
+# head (Unix socket, peer authentication, no password). Only the bucket and systemd differ:
+# artifacts go to a local folder, the server listens on 127.0.0.1.
+# ---------------------------------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else None
+
+
+@pytest.fixture
+def peer_auth_postgres(tmp_path):
+    """A PostgreSQL with only a Unix socket (in tmp) and peer authentication, the databases
+    `mlflow` and `mlflow_auth` owned by a role named like the current OS user."""
+    import getpass
+    import shutil
+    import time
+
+    if not _pg_bin("initdb"):
+        if os.environ.get("ATTNLAB_SKIP_SERVICES") == "1":
+            pytest.skip("ATTNLAB_SKIP_SERVICES=1 and PostgreSQL is not installed")
+        pytest.fail("PostgreSQL is not installed: make install-services (or ATTNLAB_SKIP_SERVICES=1 to skip)")
+    import tempfile
+
+    root = os.geteuid() == 0
+    if not root:
+        pytest.skip("the server runs as the `postgres` user and peer-authenticates another OS user: needs root")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    # Outside pytest's tmp folders (mode 700): the `postgres` user must reach the socket folder.
+    base = Path(tempfile.mkdtemp(prefix="attnlab-pg-"))
+    base.chmod(0o755)
+    data, sock = base / "pg", base / "sock"
+    data.mkdir()
+    sock.mkdir()
+    for p in (data, sock):  # PostgreSQL refuses to run as root: its own user owns the folders
+        shutil.chown(p, "postgres", "postgres")
+    sock.chmod(0o777)
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    subprocess.run(as_pg + [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=peer",
+                            "--auth-host=reject", "-E", "UTF8"], env=env, check=True, capture_output=True, timeout=120)
+    proc = subprocess.Popen(as_pg + [_pg_bin("postgres"), "-D", str(data), "-k", str(sock), "-c", "listen_addresses=",
+                                     "-p", "5432"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for _ in range(120):
+            if (sock / ".s.PGSQL.5432").exists():
+                break
+            time.sleep(0.25)
+        psql_as_postgres = as_pg + [_pg_bin("psql"), "-h", str(sock), "-U", "postgres", "-d", "postgres", "-c"]
+        user = getpass.getuser()
+        time.sleep(0.5)
+        subprocess.run(psql_as_postgres + [f'CREATE ROLE "{user}" LOGIN'], check=True, capture_output=True, env=env)
+        for db in ("mlflow", "mlflow_auth"):
+            subprocess.run(psql_as_postgres + [f'CREATE DATABASE {db} OWNER "{user}"'], check=True, capture_output=True,
+                           env=env)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_head_mlflow_server_runs_with_basic_auth_on_peer_auth_postgres(peer_auth_postgres, tmp_path):
+    import base64
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    try:
+        import flask_wtf  # noqa: F401
+    except ImportError:
+        pytest.skip("mlflow's basic-auth app needs its auth extra (the head installs 'mlflow[auth]'): "
+                    "pip install -c constraints.txt 'Flask-WTF<2' to run this test")
+    sock = peer_auth_postgres
+    home = tmp_path / "home"
+    home.mkdir()
+    assert run_init(home, "aws", "--artifacts", "s3://bucket/mlflow").returncode == 0
+    secrets_file = home / ".attnlab" / "aws" / "secrets.env"
+    secrets = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines() if line and not line.startswith("#"))
+
+    # Our ini and node.sh's command line, with the socket folder of this test instead of the head's.
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text((CLUSTER / "mlflow-basic-auth.ini").read_text().replace("/var/run/postgresql", str(sock)))
+    port = free_port()
+    m = re.search(r'"\$VENV/bin/mlflow" server (.*?)\n\n', (CLUSTER / "node.sh").read_text(), re.S)
+    args = shlex.split(m.group(1).replace("\\\n", " ").replace('"$MLFLOW_PORT"', str(port))
+                       .replace('"$ATTNLAB_MLFLOW_ARTIFACTS"', str(tmp_path / "artifacts"))
+                       .replace("/var/run/postgresql", str(sock)))
+    args[args.index("--host") + 1] = "127.0.0.1"  # here every server stays on loopback
+    args[args.index("--workers") + 1] = "1"
+    env = dict(os.environ, **secrets, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", HOME=str(home))
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        env.pop(k, None)  # the server reads the admin bootstrap, not a client login
+    log = open(tmp_path / "mlflow.log", "wb")
+    server = subprocess.Popen([str(Path(os.sys.executable).parent / "mlflow"), "server", *args], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+
+    def get(path: str, login: tuple[str, str] | None = None) -> int:
+        req = urllib.request.Request(url + path)
+        if login:
+            req.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 180:
+            assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            try:
+                if get("/health") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("MLflow did not start:\n" + (tmp_path / "mlflow.log").read_text()[-3000:])
+        search = "/api/2.0/mlflow/experiments/search?max_results=10"
+        assert get(search) == 401  # basic auth is on
+        assert get(search, ("admin", "wrong-password")) == 401
+        login = (secrets["MLFLOW_TRACKING_USERNAME"], secrets["MLFLOW_TRACKING_PASSWORD"])
+        assert get(search, login) == 200  # the admin was created from secrets.env
+
+        # A client with the trials' environment logs a run; it lands in PostgreSQL.
+        client = subprocess.run(
+            [os.sys.executable, "-c",
+             "import mlflow; mlflow.set_experiment('cluster-check');\n"
+             "with mlflow.start_run() as r: mlflow.log_metric('m', 1.0)\n"
+             "print(r.info.run_id)"],
+            env=dict(os.environ, MLFLOW_TRACKING_URI=url, MLFLOW_TRACKING_USERNAME=login[0],
+                     MLFLOW_TRACKING_PASSWORD=login[1], MLFLOW_DISABLE_TELEMETRY="true"),
+            capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr[-2000:]
+        rows = subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("psql"), "-h", str(sock), "-U", "postgres",
+                               "-d", "mlflow", "-tAc", "SELECT count(*) FROM runs"], capture_output=True, text=True)
+        assert rows.stdout.strip() == "1", rows.stderr
+        users = subprocess.run(["runuser", "-u", "postgres", "--", _pg_bin("psql"), "-h", str(sock), "-U", "postgres",
+                                "-d", "mlflow_auth", "-tAc", "SELECT username FROM users"], capture_output=True, text=True)
+        assert users.stdout.split() == ["admin"], users.stderr
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+        log.close()

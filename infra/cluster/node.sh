@@ -73,7 +73,7 @@ head_services() {
     --setenv=MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     "$VENV/bin/mlflow" server --app-name basic-auth \
       --host 0.0.0.0 --port "$MLFLOW_PORT" --workers 4 \
-      --backend-store-uri "postgresql:///mlflow?host=/var/run/postgresql" \
+      --backend-store-uri "postgresql+psycopg2:///mlflow?host=/var/run/postgresql" \
       --artifacts-destination "$ATTNLAB_MLFLOW_ARTIFACTS" --serve-artifacts
 
   for _ in $(seq 180); do
