@@ -238,12 +238,14 @@ def test_interrupted_write_leaves_nothing_that_looks_complete(roots, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         write(c, out, force=True)
     assert snapshot(out) == before  # the complete old set is untouched, no partials left
+    assert not (out / ".lock").exists()
     fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
         write(c, fresh)
-    assert [p.name for p in fresh.iterdir() if p.name != ".lock"] == []
+    assert not fresh.exists()  # the folder it created, lock included, is gone again
     # a writer killed outright leaves only a hidden partial: never read as complete
     monkeypatch.setattr(fb, "write_split", real)
+    fresh.mkdir()
     (fresh / ".train.beton.partial-99999").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="no manifest.json"):
         make_loaders(DataConfig(dataset="cifar10", backend="ffcv", beton_dir=fresh))
@@ -263,7 +265,12 @@ def test_unreadable_source_image_fails_the_write_cleanly(roots, tmp_path, capsys
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert str(bad) in err and err.count("\n") == 1
-    assert [p.name for p in out.iterdir() if p.name != ".lock"] == []
+    assert not out.exists()  # no lock, no partial, no empty folder left behind
+    out.mkdir()
+    with pytest.raises(SystemExit):
+        cli(["write", "imagefolder", "--root", str(root), "--out", str(out), "--quiet",
+             "--workers", "1", "--format", "jpeg"])
+    assert sorted(p.name for p in out.iterdir()) == []  # an existing folder stays, emptied
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "manifest"])

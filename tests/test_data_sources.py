@@ -153,7 +153,7 @@ def test_bad_input_is_a_one_line_error_naming_the_path(tmp_path):
     (["write", "imagefolder", "--out", "OUT"], "needs a root"),
     (["write", "imagefolder", "--root", "ROOT/nowhere", "--out", "OUT"], "does not exist"),
     (["write", "imagefolder", "--root", "ROOT", "--out", "OUT"], "no class folders"),
-    (["write", "digits", "--out", "OUT", "--max-res", "0"], "max_res"),
+    (["write", "digits", "--out", "OUT", "--max-res", "0"], "--max-res"),
     (["write", "mnist", "--out", "OUT"], "unknown dataset 'mnist'"),
     (["write", "digits", "--out", "OUT", "--num-classes", "3"], "--num-classes"),
     (["info", "OUT"], "no manifest.json"),

@@ -6,18 +6,39 @@
     python -m pipeline.data info DIR
     python -m pipeline.data list
 
-Bad input prints ``error: <one line>`` and exits 2; nothing already written is touched.
+Bad input (a bad flag value, a missing or unreadable path, a file where a folder belongs, a
+damaged or non-UTF-8 manifest, an unreadable source image) prints ``error: <one line>``
+naming the flag or path and exits 2; nothing already written is touched, and a failed write
+leaves no lock or empty folder behind.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+
+# pydantic field -> the flag that sets it, so errors name what the user typed
+_FLAGS = {"max_res": "--max-res", "jpeg_quality": "--jpeg-quality",
+          "compress_prob": "--compress-prob", "write_mode": "--write-mode",
+          "workers": "--workers", "root": "--root", "beton_dir": "--out", "dataset": "dataset",
+          "synthetic.num_classes": "--num-classes", "synthetic.image_size": "--image-size",
+          "synthetic.train_count": "--train-count", "synthetic.val_count": "--val-count",
+          "synthetic.seed": "--seed"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ...``, exit 2), not usage + error."""
+
+    def error(self, message):  # noqa: D102 - argparse's hook
+        print(f"error: {self.prog}: {' '.join(message.split())} (see --help)", file=sys.stderr,
+              flush=True)
+        raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="python -m pipeline.data", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     w = sub.add_parser("write", help="write train.beton, val.beton and manifest.json")
     w.add_argument("dataset")
     w.add_argument("--root", help="dataset folder (not needed for digits, synthetic)")
@@ -63,7 +84,7 @@ def _write(args) -> int:
               write_mode=args.write_mode, workers=args.workers)
     if synth:
         kw["synthetic"] = synth
-    cfg = DataConfig(**kw)
+    cfg = _data_config(DataConfig, kw)
     entry = get_dataset(cfg.dataset)
     source = load_source(cfg)
     workers = cfg.workers or default_workers()
@@ -81,6 +102,23 @@ def _write(args) -> int:
           f"{m['counts']['val']}  classes {m['num_classes']}  {m['policy']}  "
           f"fingerprint {m['fingerprint'][:16]}")
     return 0
+
+
+def _data_config(cls, kw: dict):
+    """``DataConfig(**kw)``, a validation error renamed to the flags that were given."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import ConfigError
+
+    try:
+        return cls(**kw)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{_FLAGS.get(loc, loc)}: {msg}" if loc else msg)
+        raise ConfigError("; ".join(parts)) from None
 
 
 def _info(args) -> int:
@@ -119,17 +157,30 @@ def _list(_args) -> int:
     return 0
 
 
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)  # unwinds like an error: locks and partial files go
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.errors import cli_exit
 
+    if args.cmd == "write":
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return {"write": _write, "info": _info, "list": _list}[args.cmd](args)
     except KeyboardInterrupt:
         print("interrupted: nothing was committed", file=sys.stderr)
         return 130
-    except ValueError as e:  # ConfigError and pydantic's ValidationError
+    except ValueError as e:  # ConfigError, pydantic's ValidationError, UnicodeDecodeError
         cli_exit(e)
+    except KeyError as e:  # an unknown dataset name
+        cli_exit(ValueError(str(e)))
+    except OSError as e:  # a path the OS refuses: not a folder, no permission, disk full
+        where = e.filename if e.filename is not None else "I/O"
+        cli_exit(ValueError(f"{where}: {e.strerror or type(e).__name__}"))
+    except MemoryError:
+        cli_exit(ValueError("out of memory (a count or size too large for this machine?)"))
 
 
 if __name__ == "__main__":

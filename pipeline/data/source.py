@@ -102,6 +102,21 @@ def require_root(name: str, root: Optional[Path]) -> Path:
     return root
 
 
+def read_text(path: Path, what: str) -> str:
+    """A dataset's text file (a class list, an annotation file) as UTF-8; else a one-line
+    ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing ({what})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected the {what}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {e.start})") from None
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise ConfigError(f"{path}: missing {what}")

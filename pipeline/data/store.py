@@ -8,10 +8,10 @@ and a digest that :func:`verify` checks before FFCV opens the file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -54,11 +54,13 @@ def read_manifest(folder: Path, fmt: str = FORMAT) -> Optional[dict]:
     """The manifest, ``None`` when absent; a ConfigError when present but unreadable."""
     path = folder / MANIFEST
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (corrupted manifest)") from None
     try:
         m = json.loads(text)
     except json.JSONDecodeError:
@@ -118,22 +120,123 @@ def remove_stale_partials(folder: Path) -> None:
             p.unlink()
 
 
+LOCK = ".lock"
+LOCK_POLL_S = 0.5
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks (Linux /proc), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: Optional[str]) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return started is None or _start_time(pid) in (None, started)
+
+
+def _owner(lock: Path) -> Optional[dict]:
+    try:
+        owner = json.loads(lock.read_text())
+        return owner if isinstance(owner, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # being written, or garbage: judged by its age
+
+
+def _stale(lock: Path, owner: dict) -> bool:
+    """A lock whose writer is gone: its pid is dead on this host (or reused), or it is an
+    unreadable file older than a minute (a writer killed between create and write)."""
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _alive(owner["pid"], owner.get("started"))
+    if not owner:
+        try:
+            return time.time() - lock.stat().st_mtime > 60
+        except FileNotFoundError:
+            return False
+    return False  # another host's writer: cannot be checked from here
+
+
+def _break_stale(lock: Path, owner: dict) -> bool:
+    """Remove ``lock`` if it still is ``owner``'s, one breaker at a time (two waiters must not
+    both remove it: the second would remove the first one's fresh lock)."""
+    guard = lock.with_name(lock.name + ".breaking")
+    try:
+        fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - guard.stat().st_mtime > 60:  # a breaker killed mid-way
+                guard.unlink()
+        time.sleep(LOCK_POLL_S)
+        return False
+    os.close(fd)
+    try:
+        if _owner(lock) == owner:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            return True
+        return False
+    finally:
+        guard.unlink()
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, *, quiet: bool = False) -> Iterator[None]:
-    """Exclusive lock on ``folder/.lock`` (one writer per folder, across processes)."""
+    """One writer per folder, across processes and hosts sharing the folder.
+
+    The lock is ``folder/.lock``, created exclusively and holding the writer's pid, host and
+    start time.  It is removed when the block exits, whatever the exit (an error, Ctrl-C,
+    SIGTERM in the CLI), and a folder this call created is removed again if nothing was
+    written into it.  A lock left by a writer that was killed outright is detected (its pid
+    is gone on this host) and taken over; a live writer's lock is waited for.
+    """
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    lock = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}
+    told = False
+    while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not quiet:
-                print(f"waiting for another writer of {folder} ...", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # another writer's failed first write removed the folder
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
+        except FileExistsError:
+            owner = _owner(lock)
+            if owner is None:
+                continue  # released in between
+            if _stale(lock, owner):
+                if _break_stale(lock, owner) and not quiet:
+                    print(f"{lock}: removed a stale lock (writer pid {owner.get('pid')} is gone)",
+                          flush=True)
+                continue
+            if not told and not quiet:
+                print(f"waiting for another writer of {folder} (pid {owner.get('pid')} on "
+                      f"{owner.get('host')}) ...", flush=True)
+            told = True
+            time.sleep(LOCK_POLL_S)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            if _owner(lock) == me:
+                lock.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: the failed first write of a new folder
 
 
 def commit(folder: Path, partials: dict[str, Path], manifest: dict) -> None:

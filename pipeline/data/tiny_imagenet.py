@@ -18,7 +18,15 @@ import numpy as np
 from pipeline.errors import ConfigError
 
 from .registry import register
-from .source import Source, Split, cached_fingerprint, hash_file_list, list_images, require_root
+from .source import (
+    Source,
+    Split,
+    cached_fingerprint,
+    hash_file_list,
+    list_images,
+    read_text,
+    require_root,
+)
 
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_STD = (0.2770, 0.2691, 0.2821)
@@ -35,7 +43,8 @@ def _base(root: Path) -> Path:
 def load_tiny(root: Path | None) -> Source:
     root = require_root("tiny-imagenet", root)
     base = _base(root)
-    wnids = sorted({w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()})
+    text = read_text(base / "wnids.txt", "class list")
+    wnids = sorted({w.strip() for w in text.split() if w.strip()})
     if not wnids:
         raise ConfigError(f"{base / 'wnids.txt'}: lists no classes")
     index = {w: i for i, w in enumerate(wnids)}
@@ -59,7 +68,7 @@ def load_tiny(root: Path | None) -> Source:
     vpaths: list[str] = []
     vlabels: list[int] = []
     img_dir = base / "val" / "images"
-    for n, line in enumerate(ann.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(ann, "val annotation file").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split("\t")
@@ -81,7 +90,7 @@ def load_tiny(root: Path | None) -> Source:
     names = dict.fromkeys(wnids, "")
     words = base / "words.txt"
     if words.is_file():
-        for line in words.read_text().splitlines():
+        for line in read_text(words, "class names file").splitlines():
             w, _, text = line.partition("\t")
             if w in names:
                 names[w] = text.split(",")[0].strip()

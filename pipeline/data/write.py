@@ -99,11 +99,15 @@ def write_betons(entry: DatasetEntry, source: Source, policy: dict, out: Path, *
     An existing manifest for *other* inputs is an error (``on_conflict="error"``) unless
     ``force``; nothing in ``out`` is touched until the new files are complete.
     """
-    from . import ffcv_backend  # the only place FFCV is imported
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
+    try:
+        from . import ffcv_backend  # the only place FFCV is imported
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken numba/ffcv build
+        raise ConfigError(f"FFCV is not importable here ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]}); run make install-ffcv, or write a "
+                          "JPEG copy for the torch backend with --format jpeg") from None
     wanted = base_manifest(entry, source, policy)
     with store.folder_lock(out, quiet=not progress):
         old = None

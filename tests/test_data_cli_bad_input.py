@@ -1,0 +1,151 @@
+"""Malformed ``python -m pipeline.data`` invocations: exit 2, one line on stderr, no traceback.
+
+Each row builds its inputs in a fresh folder and names a piece of text the one line must
+contain (the flag or path at fault).  None of them needs FFCV: every one is refused before a
+writer starts.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _data_makers import make_cifar, make_imagefolder, make_tiny
+from pipeline.data.__main__ import main as cli
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_UTF8 = b"n01\n\xff\xfe\xfa broken\n"
+
+
+def _file(t: Path) -> Path:
+    p = t / "plain.txt"
+    p.write_text("x")
+    return p
+
+
+def _tiny_bad(t: Path, which: str) -> Path:
+    base = make_tiny(t / "tiny")
+    (base / which).write_bytes(NOT_UTF8)
+    return base
+
+
+def _bad_manifest(t: Path, content: bytes) -> Path:
+    d = t / "b"
+    d.mkdir()
+    (d / "manifest.json").write_bytes(content)
+    return d
+
+
+def _cifar_garbage(t: Path) -> Path:
+    d, *_ = make_cifar(t / "c10")
+    (d / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    return t / "c10"
+
+
+def _train_is_a_file(t: Path) -> Path:
+    root = t / "if"
+    root.mkdir()
+    (root / "train").write_text("not a folder")
+    (root / "val").mkdir()
+    return root
+
+
+W = ["write"]
+CASES = {
+    # counts and sizes (an allocation of 100 billion labels used to end in a traceback)
+    "huge train count": (lambda t: W + ["synthetic", "--train-count", "100000000000",
+                                        "--out", str(t / "o")], "--train-count"),
+    "zero val count": (lambda t: W + ["synthetic", "--val-count", "0", "--out", str(t / "o")],
+                       "--val-count"),
+    "huge image size": (lambda t: W + ["synthetic", "--image-size", "100000", "--out",
+                                       str(t / "o")], "--image-size"),
+    "zero classes": (lambda t: W + ["synthetic", "--num-classes", "0", "--out", str(t / "o")],
+                     "--num-classes"),
+    "negative seed": (lambda t: W + ["synthetic", "--seed", "-1", "--out", str(t / "o")],
+                      "--seed"),
+    "huge max-res": (lambda t: W + ["digits", "--max-res", "1000000000", "--out", str(t / "o")],
+                     "--max-res"),
+    "zero max-res": (lambda t: W + ["digits", "--max-res", "0", "--out", str(t / "o")],
+                     "--max-res"),
+    "jpeg quality 101": (lambda t: W + ["digits", "--jpeg-quality", "101", "--out", str(t / "o")],
+                         "--jpeg-quality"),
+    "compress prob 1.5": (lambda t: W + ["digits", "--compress-prob", "1.5", "--out",
+                                         str(t / "o")], "--compress-prob"),
+    "negative workers": (lambda t: W + ["digits", "--workers", "-2", "--out", str(t / "o")],
+                         "--workers"),
+    "synthetic flag on digits": (lambda t: W + ["digits", "--train-count", "5", "--out",
+                                                str(t / "o")], "--train-count"),
+    "count not a number": (lambda t: W + ["synthetic", "--train-count", "lots", "--out",
+                                          str(t / "o")], "invalid int value"),
+    # the command line itself
+    "no out": (lambda t: W + ["digits"], "--out"),
+    "unknown flag": (lambda t: W + ["digits", "--out", str(t / "o"), "--bogus"], "--bogus"),
+    "bad write mode": (lambda t: W + ["digits", "--out", str(t / "o"), "--write-mode", "zip"],
+                       "--write-mode"),
+    "no command": (lambda t: [], "required"),
+    "unknown dataset": (lambda t: W + ["imagenet22k", "--out", str(t / "o")], "imagenet22k"),
+    # paths
+    "no root": (lambda t: W + ["imagefolder", "--out", str(t / "o")], "root"),
+    "root missing": (lambda t: W + ["imagefolder", "--root", str(t / "nowhere"), "--out",
+                                    str(t / "o")], "nowhere"),
+    "root is a file": (lambda t: W + ["imagefolder", "--root", str(_file(t)), "--out",
+                                      str(t / "o")], "plain.txt"),
+    "train/ is a file": (lambda t: W + ["imagefolder", "--root", str(_train_is_a_file(t)),
+                                        "--out", str(t / "o")], "train"),
+    "out is a file": (lambda t: W + ["digits", "--out", str(_file(t))], "plain.txt"),
+    "out under a file": (lambda t: W + ["digits", "--out", str(_file(t) / "sub")], "plain.txt"),
+    "jpeg copy of in-memory data": (lambda t: W + ["digits", "--out", str(t / "o"), "--format",
+                                                   "jpeg"], "--format jpeg"),
+    "cifar pickle garbage": (lambda t: W + ["cifar10", "--root", str(_cifar_garbage(t)), "--out",
+                                            str(t / "o"), "--format", "jpeg"], "data_batch_3"),
+    # files that are not UTF-8
+    "wnids.txt not UTF-8": (lambda t: W + ["tiny-imagenet", "--root", str(_tiny_bad(t, "wnids.txt")),
+                                           "--out", str(t / "o")], "wnids.txt"),
+    "val annotations not UTF-8": (lambda t: W + ["tiny-imagenet", "--root",
+                                                 str(_tiny_bad(t, "val/val_annotations.txt")),
+                                                 "--out", str(t / "o")], "val_annotations.txt"),
+    "manifest not UTF-8": (lambda t: ["info", str(_bad_manifest(t, b'{"format": "\xff\xfe"}'))],
+                           "manifest.json"),
+    "manifest not JSON": (lambda t: ["info", str(_bad_manifest(t, b"{ nope"))], "manifest.json"),
+    "manifest of something else": (lambda t: ["info", str(_bad_manifest(t, b'{"format": "x"}'))],
+                                   "manifest.json"),
+    "info on nothing": (lambda t: ["info", str(t / "nowhere")], "nowhere"),
+    "info on a file": (lambda t: ["info", str(_file(t))], "plain.txt"),
+    "list with an argument": (lambda t: ["list", "extra"], "extra"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_malformed_invocation_is_one_line_and_exit_2(name, tmp_path, capsys):
+    make_args, must_name = CASES[name]
+    argv = make_args(tmp_path)
+    with pytest.raises(SystemExit) as e:  # any other exception would be a traceback
+        cli(argv)
+    assert e.value.code == 2, name
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert must_name in lines[0], lines[0]
+    assert not (tmp_path / "o").exists()  # nothing written, no lock, no empty folder
+
+
+@pytest.mark.parametrize("argv", [
+    ["write", "synthetic", "--train-count", "100000000000", "--out", "{t}/o", "--quiet"],
+    ["info", "{t}/nowhere"],
+])
+def test_the_real_command_never_prints_a_traceback(tmp_path, argv):
+    argv = [a.replace("{t}", str(tmp_path)) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "pipeline.data", *argv], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_a_good_invocation_still_works(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "if")
+    assert cli(["write", "imagefolder", "--root", str(root), "--out", str(tmp_path / "o"),
+                "--format", "jpeg", "--quiet", "--workers", "1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+
