@@ -2,8 +2,8 @@
 
 Attention maps over many keys (non-local, DANet PAM/CAM, SPANet) easily get rows whose logits
 span more than ~87 (float32): ``exp`` of the shifted logits then lands in the subnormal range
-(< 1.18e-38), where x86 CPUs take microcode assists and run 10x or more slower (measured: a
-dense 56×56 Gaussian map ran 10× slower until such entries were zeroed).  ``torch.set_flush_denormal`` is no fix with several
+(< 1.18e-38), where x86 CPUs take microcode assists and run many times slower (measured
+factors: docs/blocks.md, "Denormals").  ``torch.set_flush_denormal`` is no fix with several
 threads (it only switches the calling thread).
 
 :func:`safe_softmax` is ``softmax`` with one change: after the usual max-shift, logits more
@@ -11,7 +11,7 @@ than ``-floor`` (default 50) below the row maximum give an exact 0 instead of ``
 (within a few ulps of the boundary).  How: the shifted logits are clamped at ``floor`` before
 ``exp`` — ``exp`` of very negative inputs (even of -inf) is itself slow, as its result is
 subnormal or underflows — and a branch-free in-place ``threshold_`` then zeroes the clamped
-entries (``masked_fill_`` with a scattered mask was 5x slower here).  Every kept probability is
+entries (cheaper than ``masked_fill_`` with a scattered mask).  Every kept probability is
 at least ``exp(floor) / n`` (≈ 2e-22 / n at the default), and no subnormal is ever produced by
 ``exp`` or stored for backward.  The probability mass dropped is at most ``n · e^floor`` of the
 row — at the default, 15 orders of magnitude below float32 resolution — so outputs match

@@ -45,9 +45,9 @@ Kronecker product Kh ⊗ Kw of two normalised 1-D kernels (Kh: H×H, Kw: W×W), 
 HW×HW map explicitly (the paper's formulation; for tests and benchmarks).
 
 Denormals.  With a small σ most kernel entries are far below 1e-38 (subnormal floats), and x86
-CPUs run matmuls on them 10× or more slower (subnormal floats).  In both forms
-every entry whose ratio to its row maximum is below ``threshold`` τ (default 1e-12) is set to an
-exact 0 before normalising, via :func:`blocks._softmax.safe_softmax` with floor = ln τ, which
+CPUs run matmuls on them many times slower (measured factors: docs/blocks.md, "Denormals").
+In both forms every entry whose ratio to its row maximum is below ``threshold`` τ (default
+1e-12) is set to an exact 0 before normalising, via :func:`blocks._softmax.safe_softmax` with floor = ln τ, which
 never evaluates exp below the floor, so no subnormal is produced forward or backward.  (The row
 maximum is the query itself, Δ = 0, so the kept support is |Δ| ≤ σ·√(2 ln 1/τ) ≈ 7.4σ per axis
 for the separable form, a disc of that radius for the dense form.)  Every kept entry is then at
