@@ -394,13 +394,16 @@ def _experiment_id(client: MlflowClient, experiment_name_or_id: str) -> str | No
     return exp.experiment_id if exp is not None else None
 
 
-def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = None) -> str:
+def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = None,
+           order_by: str | None = None) -> str:
     """The MLflow UI address of an experiment's training-runs table (or of one run's page).
 
     MLflow 3 opens an experiment in its GenAI (traces) view unless the URL asks for
-    ``workflowType=machine_learning``; this address always does.  A local store (SQLite or a
-    folder) has no UI server: the answer then says so and gives the command that starts one,
-    with the address to open once it runs.
+    ``workflowType=machine_learning``; this address always does.  ``order_by`` (a metric, e.g.
+    ``best_top1``) sorts the table by it, best first; sorted by anything but the start time,
+    MLflow lists a grid's child runs flat instead of folding them under the parent run.
+    A local store (SQLite or a folder) has no UI server: the answer then says so and gives the
+    command that starts one, with the address to open once it runs.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
@@ -409,6 +412,10 @@ def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = N
         exp_id = None
     where = exp_id if exp_id is not None else f"<id of experiment {experiment_name_or_id!r}>"
     page = f"#/experiments/{where}/runs" + (f"/{run_id}" if run_id else "") + "?workflowType=machine_learning"
+    if order_by and not run_id:
+        import urllib.parse
+
+        page += "&orderByKey=" + urllib.parse.quote(f"metrics.`{order_by}`") + "&orderByAsc=false"
     if is_server_uri(tracking_uri):
         return f"{tracking_uri.rstrip('/')}/{page}"
     store = tracking_uri if "://" in tracking_uri else Path(tracking_uri).resolve().as_uri()
