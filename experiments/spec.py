@@ -104,6 +104,15 @@ class Grid:
     path: Optional[Path]
     trials: list[Trial] = field(default_factory=list)
     duplicates: int = 0
+    lines: Optional[Lines] = None  # where each key of the spec file is
+
+    def where(self, key: str) -> str:
+        """``file:line`` of a dotted trial-config key (``data.root``): its axis if it is one,
+        else its place under ``base``."""
+        lines = self.lines or Lines(str(self.path) if self.path else "spec")
+        if key in self.spec.axes:
+            return lines("axes", key)
+        return lines("base", *key.split("."))
 
 
 class _Problems:
@@ -267,18 +276,23 @@ def _split_axes(spec: Spec, kinds: list[str], problems: _Problems, entries_ok: b
     return placement, block, dotted
 
 
-def _check_axis_values(kinds: list[str], placement: dict, block: dict, problems: _Problems) -> None:
-    """Each placement and block-parameter value's type, against every block that takes it."""
+def _check_axis_values(kinds: list[str], placement: dict, block: dict, problems: _Problems) -> set[tuple[str, int]]:
+    """Each placement and block-parameter value's type, against every block that takes it;
+    returns the ``(axis, index)`` of the bad ones (expansion skips them)."""
+    bad: set[tuple[str, int]] = set()
     for k, values in {**placement, **block}.items():
         takers = [kd for kd in kinds if k in ATTN_AXES or k in get_block(kd).params]
         for i, v in enumerate(values):
             if k == "stages" and not (isinstance(v, list) and v):
                 problems.add(("axes", k), f"axes.stages[{i}]: expected a non-empty list of stage numbers "
                                              f"like [1, 2], got {v!r}")
+                bad.add((k, i))
                 continue
             for kd in takers[:1] if k in ATTN_AXES else takers:
                 for _, msg in attention_problems({"kind": kd, k: v}):
                     problems.add(("axes", k), f"axes.{k}[{i}]: {msg}")
+                    bad.add((k, i))
+    return bad
 
 
 def _relevant(entry: _Entry, placement: dict, block: dict) -> list[str]:
@@ -339,12 +353,12 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
     placement, block, dotted = _split_axes(spec, kinds, problems, entries_ok)
     n = count_trials(entries, placement, block, dotted, len(spec.seed_list))
     if n > max_trials:
-        problems.add(("seeds",) if "seeds" in spec.model_fields_set else (),
+        many_seeds = "seeds" in spec.model_fields_set and len(spec.seed_list) > 1
+        problems.add(("seeds",) if many_seeds or not spec.axes else ("axes",),
                      f"the spec asks for {n:,} trials, over the limit of {max_trials:,} (raise it with "
                      f"--max-trials, or shrink the axes/seeds)")
         problems.raise_if_any()
-    _check_axis_values(kinds, placement, block, problems)
-    problems.raise_if_any()
+    bad_values = _check_axis_values(kinds, placement, block, problems)
 
     dotted_keys = sorted(dotted)
     index_points = list(itertools.product(*(range(len(dotted[k])) for k in dotted_keys)))
@@ -370,7 +384,9 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
                 for key, msg in validation_problems(e):
                     axis = next((k for k in dotted_keys if key == k or key.startswith(k + ".")), None)
                     if axis is not None:
-                        problems.add(("axes", axis, ip[dotted_keys.index(axis)]), f"{key}: {msg}")
+                        i = ip[dotted_keys.index(axis)]
+                        what = "" if key == axis else f"{key.removeprefix(axis + '.')}: "
+                        problems.add(("axes", axis), f"axes.{axis}[{i}]: {what}{msg}")
                     else:
                         problems.add(("base", *key.split(".")), f"base.{key}: {msg}")
                 return None
@@ -422,6 +438,8 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
     for entry in entries:
         rel = _relevant(entry, placement, block)
         for combo in itertools.product(*(range(len(axis_values[k])) for k in rel)):
+            if bad_values and any((k, i) in bad_values for k, i in zip(rel, combo)):
+                continue
             a = None
             axis_of: dict[str, int] = {}
             if entry.spec is not None:
@@ -468,6 +486,11 @@ def _coords(backbone: str, dataset: str, resolved: Optional[dict[str, Any]], dot
     return c
 
 
+def _dotted(path: tuple) -> str:
+    """A key path as the spec writes it: ``("axes", "radius", 0)`` -> ``axes.radius[0]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
 def _point(coords: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in coords.items() if k != "seed")
 
@@ -484,10 +507,12 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
     """Validate and expand a loaded spec; every problem is reported at once (one line each)."""
     where = lines if lines is not None else Lines(str(path) if path else "spec")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where()}: a spec must be a mapping with name/base/axes/seeds")
+        first = f"{where.source}:1" if path is not None else where.source
+        raise ConfigError(f"{first}: a spec must be a mapping with name/base/axes/seeds, got "
+                          f"{type(raw).__name__ if raw is not None else 'an empty document'}")
     problems = _Problems(where)
     for p, v in _non_finite(raw):
-        problems.add(p, f"{'.'.join(map(str, p))}: {v} is not a finite number")
+        problems.add(p, f"{_dotted(p)}: {v} is not a finite number")
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
@@ -497,5 +522,5 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
         raise  # pragma: no cover - a validation error always has a problem
     problems.raise_if_any()
     grid = expand(spec, where, max_trials=max_trials)
-    grid.path = path
+    grid.path, grid.lines = path, where
     return grid
