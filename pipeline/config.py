@@ -306,6 +306,10 @@ class ModelConfig(StrictModel):
     attention: Optional[Union[str, dict[str, Any]]] = None
     small_stem: bool = False
     num_classes: Optional[int] = Field(None, gt=0, le=MAX_CLASSES)  # None: the dataset's
+    # A local checkpoint of the backbone (torchvision's keys; nothing is downloaded): loaded
+    # before the attention is inserted, which keeps its initialisation. Checked where the
+    # trial runs (the file may exist only on the cluster's shared storage).
+    pretrained: Optional[str] = None
 
     @field_validator("backbone")
     @classmethod
@@ -441,6 +445,10 @@ class TrialConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = False
     compile: bool = False
+    # > 1: one trial trained data-parallel (DDP) by this many Ray Train workers, each with its
+    # shard of the data; rank 0 tracks and checkpoints (pipeline.tune). Part of the identity:
+    # the global batch is batch_size x workers_per_trial.
+    workers_per_trial: int = Field(1, ge=1, le=1024)
     seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 32-bit
     threads: Optional[int] = Field(None, gt=0, le=1024)  # torch intra-op threads; None: torch's default
     work_dir: Optional[Path] = None  # None: the current directory at config time

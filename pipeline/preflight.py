@@ -49,32 +49,25 @@ def _health(uri: str, timeout: float = 5.0) -> str | None:
 
 
 def node_checks(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run on one node: ``{"problems": [...], "backends": {data key: backend}, "gpus": n}``.
+    """Run on one node: ``{"problems": [...], "backends": {data key: backend}, ...}``.
 
     ``payload``: ``data`` (distinct data configs, keyed), ``storage``, ``marker`` (or None),
     ``tracking_uri``.
     """
-    from .config import DataConfig, check_data_root
-    from .data import resolve_backend
+    from .data.ready import check_data_ready, resolve_backend
     from .errors import ConfigError
 
     problems: list[str] = []
     backends: dict[str, str] = {}
     for key, tree in payload["data"].items():
-        cfg = DataConfig.model_validate(tree)
-        problems += check_data_root(cfg)
+        found = check_data_ready(tree)  # paths, layouts, prepared FFCV files (with the command)
+        problems += found
+        if found:
+            continue
         try:
-            import contextlib
-            import io
-
-            with contextlib.redirect_stderr(io.StringIO()):  # the per-trial fallback warning
-                backends[key] = resolve_backend(cfg.backend)
+            backends[key] = resolve_backend(tree)
         except ConfigError as e:
             problems.append(str(e))
-            continue
-        if backends[key] == "ffcv" and cfg.beton_dir is not None and not (Path(cfg.beton_dir) / "manifest.json").exists():
-            problems.append(f"data.beton_dir: no prepared FFCV files in {cfg.beton_dir}; prepare them once with "
-                            f"`python -m pipeline.data write {cfg.dataset} --root {cfg.root} --out {cfg.beton_dir}`")
     storage, marker = payload["storage"], payload.get("marker")
     if marker and not (Path(storage) / marker).exists():
         problems.append(f"storage {storage} is not shared with the driver (its marker file is not visible here): "
@@ -84,15 +77,7 @@ def node_checks(payload: dict[str, Any]) -> dict[str, Any]:
         why = _health(uri)
         if why:
             problems.append(f"MLflow tracking server {uri} {why}")
-    gpus = 0
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - a node without a working torch reports no GPU
-        pass
-    return {"problems": problems, "backends": backends, "gpus": gpus, "host": socket.gethostname(),
-            "pid": os.getpid()}
+    return {"problems": problems, "backends": backends, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def cluster_checks(nodes: dict[str, dict[str, Any]], *, tracking_uri: str, storage: str,

@@ -37,6 +37,7 @@ from .errors import ConfigError
 
 Reporter = Callable[[dict[str, Any], Optional[Path]], None]
 CKPT_NAME = "last.pt"
+SYNC_EVERY = 50  # training steps between host reads of the running loss (divergence check)
 
 
 class Diverged(RuntimeError):
@@ -164,10 +165,11 @@ class TrialState:
 class Trial:
     """Everything one trial needs, built from its config."""
 
-    def __init__(self, cfg: TrialConfig):
+    def __init__(self, cfg: TrialConfig, rank: int = 0, world_size: int = 1):
         from .data import make_loaders
 
         self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg)
@@ -176,10 +178,15 @@ class Trial:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.seed, -1)
         self.train_loader, self.val_loader, self.data_info = make_loaders(
-            cfg.data, device=self.device, seed=cfg.seed)
+            cfg.data, device=self.device, seed=cfg.seed, rank=rank, world_size=world_size)
         num_classes = cfg.model.num_classes or self.data_info["num_classes"]
-        self.model = build_model(cfg.model.backbone, num_classes, attention=cfg.model.attention,
-                                 small_stem=cfg.model.small_stem)
+        try:
+            self.model = build_model(cfg.model.backbone, num_classes, attention=cfg.model.attention,
+                                     small_stem=cfg.model.small_stem, pretrained=cfg.model.pretrained)
+        except (ValueError, OSError) as e:  # a checkpoint that is missing or does not fit
+            if cfg.model.pretrained is None:
+                raise
+            raise ConfigError(f"model.pretrained: {' '.join(str(e).split())}") from None
         self.res = self.data_info["val_res"]
         self.params = count_params(self.model)
         self.attention_params = sum(count_params(m) for m in self.model.attention_modules)
@@ -188,7 +195,12 @@ class Trial:
         self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(self.model) if cfg.compile else self.model
+        self.net = self.model
+        if world_size > 1:  # the process group is set up by the caller (Ray Train's TorchTrainer)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         o = cfg.optim
         self.opt = torch.optim.SGD(param_groups(self.model, o.weight_decay, o.no_decay_norm_bias),
                                    lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
@@ -259,7 +271,10 @@ class Trial:
         self.train_loader.set_epoch(epoch)
         if self._fault("raise", epoch):
             raise RuntimeError(f"injected fault: raise at epoch {epoch}")
-        total, n, t0 = 0.0, 0, time.perf_counter()
+        # The loss is summed on the device and read back every SYNC_EVERY steps and at the end:
+        # a `.item()` per step would stall the GPU's queue on every iteration.
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        n, t0 = 0, time.perf_counter()
         for i, (x, y) in enumerate(self.train_loader):
             if i == 1 and self._fault("kill", epoch):
                 import signal
@@ -267,8 +282,6 @@ class Trial:
                 os.kill(os.getpid(), signal.SIGKILL)  # mid-epoch, as a lost node would
             with self.autocast():
                 loss = F.cross_entropy(self.net(x), y, label_smoothing=self.cfg.optim.label_smoothing)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss is {loss.item()} at epoch {epoch} (lr {self.sched.get_last_lr()[0]:.4g})")
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.optim.grad_clip:
@@ -277,12 +290,29 @@ class Trial:
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
-            total += loss.item() * len(y)
+            total += loss.detach().double() * len(y)
             n += len(y)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            if (i + 1) % SYNC_EVERY == 0:
+                self._check_finite(total, epoch)
+        sums = self._all_reduce([total, n])  # one host sync per epoch (across ranks with DDP)
+        self._check_finite(sums[0], epoch)
         dt = time.perf_counter() - t0
-        return {"train_loss": total / max(n, 1), "images_per_s": n / dt if dt > 0 else 0.0, "epoch_time": dt}
+        total_n = int(sums[1])
+        return {"train_loss": float(sums[0]) / max(total_n, 1), "images_per_s": total_n / dt if dt > 0 else 0.0,
+                "epoch_time": dt}
+
+    def _check_finite(self, total: torch.Tensor, epoch: int) -> None:
+        if not torch.isfinite(total):
+            raise Diverged(f"loss is {float(total)} at epoch {epoch} (lr {self.sched.get_last_lr()[0]:.4g})")
+
+    def _all_reduce(self, values: list) -> torch.Tensor:
+        """Sums over the ranks of a DDP trial (float64); the values themselves otherwise."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values])
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t.cpu()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -294,24 +324,29 @@ class Trial:
             loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
             a1, a5 = accuracy(logits, y)
             c1, c5, n = c1 + a1, c5 + a5, n + len(y)
+        loss, c1, c5, n = self._all_reduce([loss, c1, c5, n]).tolist()  # every val sample once over the ranks
         n = max(n, 1)
         return {"val_loss": loss / n, "val_top1": 100.0 * c1 / n, "val_top5": 100.0 * c5 / n}
 
 
 def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir: Optional[Path] = None,
-        resume_from: Optional[Path] = None, stop_after: Optional[int] = None) -> dict[str, Any]:
+        resume_from: Optional[Path] = None, stop_after: Optional[int] = None,
+        rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Train one trial; return its final summary (``status`` finished | diverged).
 
     ``checkpoint_dir``: where ``last.pt`` goes (default ``checkpoint.dir`` or
     ``<work_dir>/checkpoints/<run name>``); ``resume_from``: a checkpoint to continue from (the
     same MLflow run continues); ``stop_after``: stop after this many epochs in total (tests).
+    ``rank``/``world_size``: one process of a DDP trial (the process group already set up);
+    rank 0 alone tracks to MLflow and writes checkpoints.
     """
     from .tracking import Tracker, close_run, default_uri, git_commit, host
 
     t = cfg.tracking
-    tracker = Tracker(t.uri or default_uri(cfg.work_dir), t.experiment) if t.enabled else Tracker(None)
+    lead = rank == 0
+    tracker = Tracker(t.uri or default_uri(cfg.work_dir), t.experiment) if t.enabled and lead else Tracker(None)
     try:
-        trial = Trial(cfg)
+        trial = Trial(cfg, rank, world_size)
         if resume_from is not None:
             trial.load(Path(resume_from))
     except BaseException as e:
@@ -362,8 +397,9 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
                 t_log = time.perf_counter()
                 tracker.flush()
                 log_s += time.perf_counter() - t_log
-                trial.save(ckpt_path)
-                saved = ckpt_path
+                if lead:
+                    trial.save(ckpt_path)
+                    saved = ckpt_path
             if reporter is not None:
                 reporter({**m, "epoch": epoch + 1, "diverged": 0.0}, saved)
     except Diverged as e:
@@ -389,7 +425,7 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
                              "tracking_overhead_pct": summary.get("tracking_overhead_pct"),
                              "attention_params": trial.attention_params, "gmacs": trial.gmacs},
                             step=trial.state.epoch)
-        if status == "finished":
+        if status == "finished" and lead:
             from .artifacts import log_trial_artifacts
 
             log_trial_artifacts(tracker, trial, cfg)
@@ -404,6 +440,24 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
         reporter({"diverged": 1.0, "epoch": trial.state.epoch, "val_top1": summary["final_top1"],
                   "best_top1": trial.state.best_top1}, None)
     return summary
+
+
+class EpochPrinter:
+    """One line per epoch on stdout: loss, top-1, images/s and the time left (a reporter)."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.t0, self.first = epochs, time.perf_counter(), None
+
+    def __call__(self, m: dict[str, Any], saved: Optional[Path]) -> None:
+        if m.get("diverged"):
+            return
+        e = int(m["epoch"])
+        self.first = e - 1 if self.first is None else self.first
+        per = (time.perf_counter() - self.t0) / max(e - self.first, 1)
+        left = int(per * (self.epochs - e))
+        print(f"epoch {e}/{self.epochs}  loss {m['train_loss']:.4f}  val top-1 {m['val_top1']:.2f}  "
+              f"best {m['best_top1']:.2f}  {m['images_per_s']:.0f} img/s  left {left // 60}:{left % 60:02d}"
+              + ("  [checkpoint]" if saved else ""), flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -421,7 +475,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_trial_config(a.config, a.overrides)
         if a.resume is not None and not a.resume.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {a.resume}")
-        summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after)
+        summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after,
+                      reporter=EpochPrinter(cfg.optim.epochs))
     except ConfigError as e:
         cli_exit(e)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))

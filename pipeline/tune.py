@@ -72,7 +72,7 @@ def run_on_every_node(fn: Any, payload: Any, timeout: float = 300.0) -> dict[str
             out[label] = ray.get(ref, timeout=timeout)
         except Exception as e:  # noqa: BLE001 - reported as that node's problem
             out[label] = {"problems": [f"pre-flight task failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"],
-                          "backends": {}, "gpus": 0}
+                          "backends": {}}
     return out
 
 
@@ -90,10 +90,29 @@ def _tune_reporter():
     return report
 
 
+def _node_local(cfg: Any, trial_id: str) -> None:
+    """Folders the driver named may not exist on this node: a trial writes only to a folder of
+    this node (its checkpoints travel through Tune's shared storage, its metrics to MLflow)."""
+    if not Path(cfg.work_dir).is_dir():
+        cfg.work_dir = Path(tempfile.gettempdir()) / f"attnlab-work-{trial_id}"
+        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _tag_attempt(cfg: Any, trial_id: str) -> None:
+    tags = dict(cfg.tracking.tags)
+    tags["attnlab.tune_trial_id"] = trial_id
+    tags["attnlab.node"] = ray.util.get_node_ip_address()  # which node of the cluster ran (this attempt)
+    cfg.tracking.tags = tags
+
+
 def trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one trial of ``pipeline.train.fit``."""
+    """Ray Tune function trainable: one trial of ``pipeline.train.fit`` (or of a DDP group of
+    ``workers_per_trial`` Ray Train workers, see :func:`_ddp_trial`)."""
     cfg = validate_trial(config["trial"])
     ctx = tune.get_context()
+    if cfg.workers_per_trial > 1:
+        return _ddp_trial(config, ctx.get_trial_id())
+    _node_local(cfg, ctx.get_trial_id())
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{ctx.get_trial_id()}-"))
     resume_from = None
     checkpoint = tune.get_checkpoint()
@@ -101,11 +120,66 @@ def trainable(config: dict[str, Any]) -> None:
         local = Path(checkpoint.to_directory())
         if (local / CKPT_NAME).exists():
             resume_from = local / CKPT_NAME
-    tags = dict(cfg.tracking.tags)
-    tags["attnlab.tune_trial_id"] = ctx.get_trial_id()
-    tags["attnlab.node"] = ray.util.get_node_ip_address()  # which node of the cluster ran (this attempt)
-    cfg.tracking.tags = tags
+    _tag_attempt(cfg, ctx.get_trial_id())
     fit(cfg, reporter=_tune_reporter(), checkpoint_dir=ckpt_dir, resume_from=resume_from)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _ddp_trial(config: dict[str, Any], trial_id: str) -> None:
+    """One trial trained data-parallel by ``workers_per_trial`` Ray Train workers (a
+    ``TorchTrainer`` run inside this Tune trial; gloo on CPU, NCCL on GPUs).
+
+    Each worker loads its shard (the loaders' ``rank``/``world_size``); rank 0 tracks to the
+    trial's MLflow run and writes the checkpoints, which Ray Train keeps in the grid's storage
+    under a run name of this trial, so a retried trial starts from the last one. Per-epoch
+    metrics reach Tune (and its scheduler) through Ray's ``TuneReportCallback``.
+    """
+    from ray.train import FailureConfig as TrainFailureConfig
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = config["trial"]
+    res = config.get("resources_per_worker") or {"CPU": 1}
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"trial": cfg, "trial_id": trial_id},
+        scaling_config=ScalingConfig(num_workers=int(cfg["workers_per_trial"]), use_gpu=res.get("GPU", 0) > 0,
+                                     resources_per_worker=res),
+        run_config=TrainRunConfig(name=f"{cfg['name'] or trial_id}-ddp", storage_path=config["storage"],
+                                  callbacks=[TuneReportCallback()],
+                                  failure_config=TrainFailureConfig(max_failures=0)),
+    )
+    trainer.fit()
+
+
+def _ddp_worker(loop_config: dict[str, Any]) -> None:
+    """The training loop of one DDP worker (runs in a Ray Train worker process)."""
+    import ray.train as train
+
+    ctx = train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = validate_trial(loop_config["trial"])
+    _node_local(cfg, f"{loop_config['trial_id']}-r{rank}")
+    _tag_attempt(cfg, loop_config["trial_id"])
+    resume_from = None
+    checkpoint = train.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory())
+        resume_from = local / CKPT_NAME if (local / CKPT_NAME).exists() else None
+    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-ddp-r{rank}-"))
+
+    def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if saved is not None and rank == 0:
+            with tempfile.TemporaryDirectory(prefix="attnlab-ckpt-") as d:
+                shutil.copy2(saved, Path(d) / CKPT_NAME)
+                train.report(clean, checkpoint=train.Checkpoint.from_directory(d))
+        else:
+            train.report(clean)  # every rank reports (a collective); rank 0 carries the checkpoint
+
+    fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from, rank=rank, world_size=world)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
@@ -119,8 +193,16 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     """
     # Save the experiment state often: a driver killed mid-grid then loses at most a few seconds.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+
+    def resources(config: dict[str, Any]) -> dict[str, float]:
+        # A DDP trial's own process only waits on its Ray Train workers, which ask for the
+        # per-trial resources each (scheduled by Ray Train, not in this trial's bundle).
+        if int(config["trial"].get("workers_per_trial", 1)) > 1:
+            return {"cpu": 0, "gpu": 0}
+        return {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+
     fn = tune.with_resources(trainable, resources)
+    worker_res = {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial else {})}
     exp_path = storage.rstrip("/") + "/" + name
     sched = None
     if scheduler == "asha":
@@ -132,9 +214,13 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     else:
         tuner = tune.Tuner(
             fn,
-            param_space={"trial": tune.grid_search(trials)},
+            param_space={"trial": tune.grid_search(trials), "storage": storage,
+                         "resources_per_worker": worker_res},
             tune_config=tune.TuneConfig(metric="val_top1", mode="max", max_concurrent_trials=max_concurrent or None,
                                         scheduler=sched,
+                                        # a finished trial's worker process (torch and our
+                                        # packages imported) starts the next trial
+                                        reuse_actors=True,
                                         trial_name_creator=lambda t: str(t.config["trial"]["name"]),
                                         trial_dirname_creator=lambda t: str(t.config["trial"]["name"])),
             run_config=tune.RunConfig(

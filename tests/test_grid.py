@@ -23,8 +23,8 @@ DATA = {"dataset": "synthetic", "synthetic": {"num_classes": 3, "image_size": 12
         "batch_size": 16, "workers": 0, "backend": "torch"}
 
 
-def write_spec(tmp_path, name, axes, epochs=2, seeds=1, **base):
-    tree = {"name": name,
+def write_spec(tmp_path, name, axes, epochs=2, seeds=1, baseline=True, **base):
+    tree = {"name": name, "baseline": baseline,
             "base": {"model": {"backbone": "cifar_resnet20"}, "data": DATA, "optim": {"epochs": epochs, "lr": 0.05},
                      "threads": 1, "checkpoint": {"every": 1}, **base},
             "axes": axes, "seeds": seeds}
@@ -76,7 +76,7 @@ def test_ray_job_submit_smoke_with_divergence(tmp_path, ray_head, mlflow_server)
 @pytest.mark.parametrize("fault", ["raise_at_epoch", "kill_at_epoch"])
 def test_failed_trial_resumes_from_checkpoint_one_run(tmp_path, ray_head, mlflow_server, fault):
     name = f"retry-{fault.split('_')[0]}"
-    spec = write_spec(tmp_path, name, {"attention": ["se"]}, epochs=3,
+    spec = write_spec(tmp_path, name, {"attention": ["se"]}, epochs=3, baseline=False,
                       fault={fault: 1, "once_file": str(tmp_path / "fault.once")})
     r = run_grid(spec, tmp_path, grid_env(ray_head, mlflow_server))
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
