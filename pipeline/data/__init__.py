@@ -9,7 +9,9 @@
 write``, or here on first use for datasets up to 200k images); ``"torch"`` reads the source
 data (or, with ``jpeg_dir``, its resized JPEG copy) with a plain DataLoader; ``"auto"`` takes
 FFCV when it imports, else torch (one warning).
-FFCV itself is imported only in :mod:`pipeline.data.ffcv_backend`.
+FFCV itself is imported only in :mod:`pipeline.data.ffcv_backend`.  Importing this package does
+not import torch (the loaders do, when built); :func:`check_data_ready` and
+:func:`resolve_backend` answer a pre-flight's questions without it.
 """
 from __future__ import annotations
 
@@ -22,14 +24,14 @@ from pipeline.config import DataConfig
 from pipeline.errors import ConfigError
 
 from . import store
-from .loader import Loader
 from .plan import default_workers, make_plan
 from .registry import get as get_dataset
 from .registry import names as dataset_names
 from .source import Source
 
 __all__ = ["make_loaders", "load_source", "ffcv_available", "dataset_names", "get_dataset",
-           "ensure_betons", "Loader", "AUTO_WRITE_MAX", "NeedsWriteError"]
+           "ensure_betons", "Loader", "AUTO_WRITE_MAX", "NeedsWriteError", "check_data_ready",
+           "resolve_backend"]
 
 AUTO_WRITE_MAX = 200_000  # make_loaders writes missing .beton files itself up to this size
 
@@ -40,6 +42,14 @@ class NeedsWriteError(ConfigError):
     """The dataset is too large to write .beton files on first use."""
 
 _warned: set[str] = set()
+
+
+def __getattr__(name: str):
+    if name == "Loader":  # imports torch: only when asked for
+        from .loader import Loader
+
+        return Loader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ffcv_available() -> bool:
@@ -54,13 +64,35 @@ def ffcv_available() -> bool:
     return _ffcv_state["ok"]
 
 
+def ffcv_failure() -> str:
+    """Why the FFCV backend does not import ('' when it does)."""
+    ffcv_available()
+    return _ffcv_state.get("why", "")
+
+
 def _warn_once(key: str, msg: str) -> None:
     if key not in _warned:
         _warned.add(key)
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(data_cfg: Union[DataConfig, dict, str]) -> str:
+    """``"ffcv"`` or ``"torch"``: what a trial with this ``data`` section reads with on this
+    node (see :func:`pipeline.data.ready.resolve_backend`; no torch import)."""
+    from .ready import resolve_backend as resolve
+
+    return resolve(data_cfg)
+
+
+def check_data_ready(data_cfg: Union[DataConfig, dict]) -> list[str]:
+    """Problems that would stop a trial with this ``data`` section on this node (see
+    :func:`pipeline.data.ready.check_data_ready`; cheap, no torch import)."""
+    from .ready import check_data_ready as check
+
+    return check(data_cfg)
+
+
+def _backend_name(backend: str) -> str:
     if backend == "torch":
         return "torch"
     if ffcv_available():
@@ -170,7 +202,7 @@ def make_loaders(data_cfg: Union[DataConfig, dict], *, device: Any = "cpu", rank
         raise ConfigError(f"world_size must be an int >= 1, got {world_size!r}")
     if not (isinstance(rank, int) and 0 <= rank < world_size):
         raise ConfigError(f"rank must be in 0..{world_size - 1}, got {rank!r}")
-    backend = resolve_backend(cfg.backend)
+    backend = _backend_name(cfg.backend)
     import torch
 
     device = torch.device(device)
