@@ -201,6 +201,17 @@ def test_declared_resources_match_the_instance_types(cloud):
             assert t["node_config"]["scheduling"]["onHostMaintenance"] == "TERMINATE", name
 
 
+def test_every_node_and_the_image_run_one_ubuntu_release():
+    """Ray wants one Python version on every node: all images are Ubuntu 22.04 (Python 3.10,
+    /usr/bin/python3 makes the venv), and so is the KubeRay image."""
+    for cloud, path in LAUNCHER.items():
+        for name, t in load(path)["available_node_types"].items():
+            nc = t["node_config"]
+            image = nc["ImageId"] if cloud == "aws" else nc["disks"][0]["initializeParams"]["sourceImage"]
+            assert re.search(r"22\.04|2204", image), f"{cloud} {name}: {image}"
+    assert re.search(r"^FROM ubuntu:22\.04$", (CLUSTER / "Dockerfile").read_text(), re.M)
+
+
 def gcp_with_project(project: str) -> dict:
     """gcp.yaml after the sed command its header (and the guide) tells the user to run."""
     m = re.search(r"^#\s+(sed -i .*) infra/cluster/gcp\.yaml$", LAUNCHER["gcp"].read_text(), re.M)
