@@ -161,6 +161,7 @@ def test_file_mounts_and_referenced_files_exist(cloud):
         assert (ROOT / rel).is_file(), rel
         assert any(("~/attnlab/" + rel).startswith(r) for r in remote_to_repo), f"{rel} is not mounted"
     assert ".gitignore" in cfg["rsync_filter"]
+    assert {"**/__pycache__", "**/*.py[cod]"} <= set(cfg["rsync_exclude"])
 
 
 @pytest.mark.parametrize("cloud", sorted(LAUNCHER))
