@@ -15,28 +15,45 @@ SPECS = sorted((ROOT / "experiments" / "specs").rglob("*.yaml"))
 GRID = [sys.executable, str(ROOT / "experiments" / "grid.py")]
 
 
-def with_roots(tree, tmp_path):
-    """Point a shipped spec's data root at an existing folder (the real data is not here)."""
-    data = tree["base"].get("data", {})
-    if data.get("root"):
-        data["root"] = str(tmp_path)
-    return tree
+def _spec_id(p: Path) -> str:
+    return str(p.relative_to(ROOT / "experiments" / "specs"))
 
 
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: str(p.relative_to(ROOT / "experiments" / "specs")))
-def test_shipped_spec_expands(path, tmp_path):
-    tree = with_roots(yaml.safe_load(path.read_text()), tmp_path)
-    g = grid_from_tree(tree, path)
+def _paired(trials) -> None:
+    """Every attention trial has its paired same-seed baseline."""
+    base = {(t.point, t.coords["seed"]) for t in trials if t.coords["attention"] == "none"}
+    for t in trials:
+        if t.coords["attention"] != "none":
+            assert (t.baseline_point, t.coords["seed"]) in base, t.point
+
+
+@pytest.mark.parametrize("path", SPECS, ids=_spec_id)
+def test_shipped_spec_expands(path):
+    """As shipped, on a machine without the data (its roots are checked where trials run)."""
+    g = load_spec(path)
     assert g.trials, path
     ids = [t.id for t in g.trials]
     assert len(ids) == len(set(ids))
     # deterministic: the same ids in the same order on re-expansion
-    assert [t.id for t in grid_from_tree(with_roots(yaml.safe_load(path.read_text()), tmp_path), path).trials] == ids
-    # every attention trial has its paired same-seed baseline
-    base = {(t.point, t.coords["seed"]) for t in g.trials if t.coords["attention"] == "none"}
-    for t in g.trials:
-        if t.coords["attention"] != "none":
-            assert (t.baseline_point, t.coords["seed"]) in base, t.point
+    assert [t.id for t in load_spec(path).trials] == ids
+    _paired(g.trials)
+
+
+# ImageNet specs build several ResNet-50s to count MACs: minutes on 2 busy CPU cores.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if "imagenet" in p.parts else p
+                                  for p in SPECS], ids=_spec_id)
+def test_shipped_spec_dry_runs_without_the_data(path, capsys):
+    from experiments.grid import main
+
+    assert main(["--spec", str(path), "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == len(load_spec(path).trials) and out["accel_hours"] > 0
+    has_root = bool(yaml.safe_load(path.read_text())["base"].get("data", {}).get("root"))
+    if has_root and not Path(yaml.safe_load(path.read_text())["base"]["data"]["root"]).exists():
+        assert out["data_checked"] is False  # and the output says so
+        assert all("data not checked" in t["images_from"] for t in out["trials"])
+    elif not has_root:
+        assert out["data_checked"] is True
 
 
 def spec(**over):
@@ -174,3 +191,95 @@ def test_trial_id_of_a_config_matches_the_grid():
     g = grid_from_tree(spec())
     for t in g.trials[:6]:
         assert trial_id(TrialConfig.model_validate(t.config)) == t.id
+
+
+def test_paired_baselines_are_added_unless_turned_off():
+    tree = spec(axes={"attention": ["spa", "se"], "stages": [[1]]}, seeds=[3, 7])
+    g = grid_from_tree(tree)
+    none = [t for t in g.trials if t.coords["attention"] == "none"]
+    assert sorted(t.coords["seed"] for t in none) == [3, 7] and len(g.trials) == 2 + 2 * 2
+    _paired(g.trials)
+    # per base point: a dotted axis gives one baseline per value and seed
+    g = grid_from_tree(spec(axes={"attention": ["spa"], "optim.lr": [0.1, 0.05]}, seeds=2))
+    assert sum(t.coords["attention"] == "none" for t in g.trials) == 2 * 2
+    _paired(g.trials)
+    off = grid_from_tree(spec(axes={"attention": ["spa", "se"], "stages": [[1]]}, seeds=[3, 7], baseline=False))
+    assert all(t.coords["attention"] != "none" for t in off.trials) and len(off.trials) == 4
+    # base.model.attention alone is an attention trial too
+    g = grid_from_tree(spec(axes={}, base__model={"backbone": "cifar_resnet20", "attention": "se"}))
+    assert sorted(t.coords["attention"] for t in g.trials) == ["none", "none", "se", "se"]
+
+
+@pytest.mark.parametrize("over,needle", [
+    (dict(axes={"attention": ["spa"], "seed": [1, 2]}), "axes.seed: seeds are set by 'seeds:'"),
+    (dict(axes={"attention": [{"kind": "none", "stages": [1]}, "se"]}), "attention 'none' takes no other keys"),
+    (dict(axes={"attention": ["gaussian"], "radius": ["wide"]}), "axes.radius[0]: expected a finite number, got 'wide'"),
+    (dict(axes={"attention": ["gaussian"], "radius": [float("inf")]}), "axes.radius[0]: inf is not a finite number"),
+    (dict(base__optim={"epochs": 1, "lr": float("nan")}), "base.optim.lr: nan is not a finite number"),
+    (dict(seeds="3"), "seeds: expected a count"),
+    (dict(seeds=True), "seeds: expected a count"),
+    (dict(axes={"attention": ["se"], "reduction": [True]}), "axes.reduction[0]: expected an integer, got True"),
+    (dict(axes={"attention": ["spa"], "model.attention.topk_ratio": [0.5]}), "axes.model.attention.topk_ratio"),
+    (dict(base__data={"dataset": "digits", "train_res": 4}), "base.data.train_res"),
+])
+def test_specs_mean_what_they_say(over, needle):
+    with pytest.raises(ConfigError) as e:
+        grid_from_tree(spec(**over))
+    assert needle in str(e.value), str(e.value)
+
+
+def test_trial_count_is_refused_before_anything_is_built():
+    import time
+
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match="2,000,000,000 trials"):  # spa and its baselines
+        grid_from_tree(spec(axes={"attention": ["spa"]}, seeds=1_000_000_000))
+    with pytest.raises(ConfigError, match="over the limit of 10,000"):
+        grid_from_tree(spec(axes={"attention": ["spa"], "topk_ratio": [i / 100 for i in range(1, 101)],
+                                  "optim.lr": [i / 100 for i in range(1, 101)],
+                                  "optim.momentum": [i / 101 for i in range(100)]}))
+    assert time.perf_counter() - t < 1.0
+
+
+IDENTITY_BASE = {"model": {"backbone": "cifar_resnet20"},
+                 "data": {"dataset": "cifar10", "root": "/data/cifar-10-batches-py", "workers": 4},
+                 "optim": {"epochs": 1, "lr": 0.1}}
+
+
+def _ids(**base_over):
+    import copy
+
+    base = copy.deepcopy(IDENTITY_BASE)
+    for k, v in base_over.items():
+        node = base
+        *path, last = k.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    g = grid_from_tree({"name": "t", "base": base, "axes": {"attention": ["none", "spa"]}, "seeds": 2})
+    return [t.id for t in g.trials]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("data__root", "/mnt/elsewhere/cifar"), ("data__workers", 16), ("data__beton_dir", "/fast/betons"),
+    ("data__val_batch_size", 1000), ("threads", 4), ("work_dir", "/tmp/other"),
+    ("checkpoint__dir", "/ckpt"), ("checkpoint__every", 5), ("tracking__uri", "http://127.0.0.1:5000"),
+    ("tracking__experiment", "other"), ("name", "label"),
+])
+def test_execution_only_keys_keep_trial_ids(key, value):
+    """Moving the data or changing the worker count keeps every id: --resume still finds them."""
+    assert _ids(**{key: value}) == _ids()
+
+
+@pytest.mark.parametrize("key,value", [("optim__lr", 0.05), ("data__train_res", 40), ("data__backend", "torch"),
+                                       ("model__backbone", "cifar_resnet32"), ("precision", "fp32")])
+def test_what_changes_the_math_changes_trial_ids(key, value):
+    assert not set(_ids(**{key: value})) & set(_ids())
+
+
+def test_seed_and_attention_change_trial_ids():
+    ids = _ids()
+    assert len(set(ids)) == 4  # none/spa × 2 seeds
+    g = grid_from_tree({"name": "t", "base": IDENTITY_BASE, "axes": {"attention": ["spa"], "topk_ratio": [0.5]},
+                        "seeds": [5]})
+    assert not {t.id for t in g.trials} & set(ids)
