@@ -391,6 +391,12 @@ def test_node_env_gives_ray_and_the_trials_token_auth_and_the_mlflow_login(tmp_p
     assert env["MLFLOW_TRACKING_URI"] == "http://10.1.2.3:5000"
     assert env["MLFLOW_TRACKING_USERNAME"] == "admin" and len(env["MLFLOW_TRACKING_PASSWORD"]) >= 32
     assert env["VIRTUAL_ENV"] == str(home / "attnlab-venv")
+    # Ray's own token loader reads the token through that path (no cluster is started).
+    ray_cli = str(Path(os.sys.executable).parent / "ray")
+    got = subprocess.run([ray_cli, "get-auth-token"], capture_output=True, text=True, timeout=120,
+                         env={"HOME": str(home), "PATH": os.environ["PATH"], "RAY_AUTH_MODE": "token",
+                              "RAY_AUTH_TOKEN_PATH": env["RAY_AUTH_TOKEN_PATH"]})
+    assert got.returncode == 0 and got.stdout == (home / ".attnlab" / "cluster" / "auth_token").read_text(), got.stderr
     # The server's bootstrap secrets stay out of Ray's (and so every trial's) environment.
     for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert name not in env
