@@ -15,8 +15,8 @@ What is checked, and against what:
   secrets in the files. The node scripts are run here with a fake home folder.
 * ``rayjob.yaml`` is validated with jsonschema against ``RAYJOB_V1_SCHEMA`` below: a reduced copy
   of the OpenAPI schema of KubeRay's RayJob CRD (ray-project/kuberay,
-  ray-operator/config/crd/bases/ray.io_rayjobs.yaml, version v1, as of commit feeaf72f, KubeRay
-  1.7): for every object the manifest uses, its types, enums, required fields and the full list of
+  ray-operator/config/crd/bases/ray.io_rayjobs.yaml, version v1, the same file in release v1.7.0
+  and at commit feeaf72f): for every object the manifest uses, its types, enums, required fields and the full list of
   its field names (so a misspelt field fails, as kubectl's strict field validation would);
   subtrees the manifest does not use are left open. The submissionMode values are the Go
   constants of ray-operator/apis/ray/v1/rayjob_types.go.
