@@ -674,8 +674,8 @@ def applicable_params(cfg: TrialConfig) -> dict[str, str]:
     (random-resized-crop keys for a CIFAR-style trial, crop padding for an ImageNet-style one);
     ``optim.milestones``/``gamma`` unless the schedule is ``step``; ``optim.warmup_start``
     without warm-up.  The attention is its resolved spec under ``attn.*`` (``attn.kind``,
-    ``attn.stages``, ``attn.slot`` and that block's parameters only; ``attn.kind: none`` for a
-    baseline).
+    ``attn.stages``, ``attn.slot`` and that block's parameters only, defaults filled in;
+    ``attn.kind: none`` for a baseline).
     """
     tree = cfg.model_dump(mode="json", exclude={"name", "threads", "work_dir", "checkpoint", "tracking", "fault"})
     tree["model"].pop("attention", None)
@@ -699,5 +699,11 @@ def applicable_params(cfg: TrialConfig) -> dict[str, str]:
         o.pop("warmup_start")
     out = flatten(tree)
     spec = cfg.model.resolved_attention()
-    out.update(flatten({"attn": spec.as_dict() if spec is not None else {"kind": "none"}}))
+    if spec is None:
+        attn: dict[str, Any] = {"kind": "none"}
+    else:
+        from blocks import get as get_block
+
+        attn = {**get_block(spec.kind).param_defaults(), **spec.as_dict()}  # the block's defaults filled in
+    out.update(flatten({"attn": attn}))
     return out

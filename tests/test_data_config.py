@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,168 @@ def test_cli_exit_flattens_validation_errors(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: train_res:") and err.count("\n") == 1
     assert issubclass(ConfigError, ValueError)
+
+
+# --- strict types, finite numbers, bounds (pipeline.config) ---------------------------------
+
+@pytest.mark.parametrize("field,value", [
+    ("batch_size", True), ("batch_size", "128"), ("batch_size", 128.0), ("workers", False),
+    ("train_res", "224"), ("val_crop_ratio", "0.875"), ("val_crop_ratio", float("inf")),
+    ("val_crop_ratio", float("nan")), ("compress_prob", True), ("shuffle", "yes"), ("shuffle", 1),
+    ("mean", (0.5, float("nan"), 0.5)), ("std", [1.0, float("inf"), 1.0]), ("rrc_scale", ["0.1", "1.0"]),
+])
+def test_types_are_strict_and_numbers_finite(field, value):
+    with pytest.raises(ValidationError) as e:
+        DataConfig(**{field: value, **({"mean": (0.5,) * 3} if field == "std" else {}),
+                      **({"std": (0.2,) * 3} if field == "mean" else {})})
+    assert field in _msg(e)
+
+
+def test_lists_are_accepted_for_pairs():
+    assert DataConfig(rrc_scale=[0.2, 1]).rrc_scale == (0.2, 1.0)
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("data", "train_res", 100_000), ("data", "val_res", 100_000), ("data", "train_res", 1),
+    ("data", "batch_size", 10_000_000), ("model", "num_classes", 100_000_000),
+    ("optim", "lr", float("inf")), ("optim", "epochs", 10**9), ("seed", None, True), ("seed", None, 2**40),
+    ("model", "attention", {"kind": "gaussian", "radius": float("inf")}),
+    ("model", "attention", {"kind": "gaussian", "radius": "1.0e9"}),
+    ("model", "attention", {"kind": "se", "reduction": True}),
+    ("data", "synthetic", {"num_classes": 1_000_000}),
+])
+def test_trial_config_refuses_what_cannot_run(section, field, value):
+    from pipeline.config import TrialConfig, validation_problems
+
+    tree = {section: value} if field is None else {section: {field: value}}
+    with pytest.raises(ValidationError) as e:
+        TrialConfig.model_validate(tree)
+    key = section if field is None else f"{section}.{field}"
+    assert validation_problems(e.value)[0][0].startswith(key), validation_problems(e.value)
+
+
+def test_resolution_must_fit_the_backbone_and_the_attention():
+    from pipeline.config import TrialConfig, min_resolution
+
+    assert min_resolution("resnet50") == 32 and min_resolution("resnet50", small_stem=True) == 8
+    assert min_resolution("resnet50", attention_stages=(4,)) == 64
+    assert min_resolution("cifar_resnet20", attention_stages=(3,)) == 8
+    TrialConfig.model_validate({"model": {"backbone": "resnet50", "attention": {"kind": "nonlocal", "stages": [4]}},
+                                "data": {"train_res": 64}})
+    with pytest.raises(ValidationError, match="data.val_res: 32 px is below the 64 px that resnet50 with attention"):
+        TrialConfig.model_validate({"model": {"backbone": "resnet50", "attention": {"kind": "nonlocal", "stages": [4]}},
+                                    "data": {"train_res": 64, "val_res": 32}})
+
+
+def test_validating_data_imports_neither_torch_nor_the_data_package():
+    code = ("import sys, pipeline.config as c; c.DataConfig(dataset='cifar10', root='/x'); "
+            "c.check_data_root(c.DataConfig(dataset='imagenet')); "
+            "assert 'torch' not in sys.modules and 'pipeline.data' not in sys.modules, sorted(sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+
+
+def test_catalog_and_registry_agree():
+    from pipeline import catalog
+    from pipeline.data import dataset_names, get_dataset
+
+    assert dataset_names() == catalog.names()
+    for name in catalog.names():
+        entry, info = get_dataset(name), catalog.info(name)
+        assert (entry.style, entry.needs_root) == (info.style, info.needs_root)
+
+
+def test_check_data_root(tmp_path):
+    from pipeline.config import check_data_root
+
+    assert check_data_root(DataConfig(dataset="digits")) == []
+    assert check_data_root(DataConfig(dataset="cifar10", root=tmp_path)) == []
+    assert check_data_root(DataConfig(dataset="cifar10")) == ["data.root: dataset 'cifar10' needs a root folder"]
+    assert check_data_root(DataConfig(dataset="cifar10", root=tmp_path / "no")) == [
+        f"data.root: path does not exist: {tmp_path / 'no'}"]
+    (tmp_path / "f").write_text("x")
+    assert check_data_root(DataConfig(dataset="imagenet", root=tmp_path / "f")) == [
+        f"data.root: not a folder: {tmp_path / 'f'}"]
+
+
+def test_applicable_params_leave_out_what_does_not_apply():
+    from pipeline.config import TrialConfig, applicable_params
+
+    digits = applicable_params(TrialConfig.model_validate(
+        {"model": {"attention": {"kind": "spa", "stages": [1]}}, "data": {"dataset": "digits", "backend": "torch"}}))
+    assert not any(k.startswith(("data.synthetic.", "tracking.", "checkpoint.", "fault.")) for k in digits)
+    assert not any(k.startswith("data.") and k.split(".")[1] in ("beton_dir", "max_res", "jpeg_quality") for k in digits)
+    assert "data.rrc_scale" not in digits and "data.crop_padding" in digits  # digits style: pad-and-crop
+    assert digits["attn.kind"] == "spa" and "attn.topk_ratio" in digits and "attn.radius" not in digits
+    assert "optim.milestones" not in digits and "optim.warmup_start" not in digits
+    synth = applicable_params(TrialConfig.model_validate(
+        {"data": {"dataset": "synthetic", "backend": "ffcv", "augment": "imagenet"},
+         "optim": {"schedule": "step", "milestones": [2]}}))
+    assert synth["data.synthetic.num_classes"] == "10" and "data.jpeg_dir" not in synth
+    assert "data.rrc_scale" in synth and "data.crop_padding" not in synth and synth["optim.milestones"] == "2"
+    assert synth["attn.kind"] == "none" and not any(k.startswith("attn.") and k != "attn.kind" for k in synth)
+
+
+def test_identity_tree_drops_execution_only_keys():
+    from pipeline.config import EXECUTION_ONLY, TrialConfig, identity_tree
+
+    dump = TrialConfig.model_validate({"data": {"dataset": "cifar10", "root": "/a", "jpeg_dir": "/j"}}).model_dump(mode="json")
+    ident = identity_tree(dump)
+    assert "root" not in ident["data"] and "workers" not in ident["data"] and ident["data"]["jpeg_dir"] is True
+    assert not {"name", "threads", "work_dir", "checkpoint", "tracking", "fault"} & set(ident)
+    assert dump["data"]["root"] == "/a" and "data.root" in EXECUTION_ONLY  # the input is unchanged
+
+
+# --- reading config files and --set values --------------------------------------------------
+
+def test_overrides_are_yaml_1_2():
+    from pipeline.config import parse_override
+
+    assert parse_override("optim.lr=1e-3") == ("optim.lr", 0.001)  # YAML 1.1 reads a string
+    assert parse_override("data.shuffle=yes") == ("data.shuffle", "yes")  # a string, not a bool
+    assert parse_override("model.attention.stages=[1, 2]") == ("model.attention.stages", [1, 2])
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("optim:\n  lr: .inf\n", ":2: optim.lr: Input should be a finite number"),
+    ("optim:\n  epochs: true\n", ":2: optim.epochs"),
+    ("seed: 1\nseed: 2\n", ':2: not valid YAML: found duplicate key "seed"'),
+    ("data:\n  train_res: 100000\n", ":2: data.train_res"),
+    ("model:\n  attention:\n    kind: gaussian\n    radius: wide\n", ":4: model.attention.radius"),
+])
+def test_trial_config_file_errors_name_the_line(tmp_path, text, needle):
+    from pipeline.config import load_trial_config
+
+    p = tmp_path / "t.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_trial_config(p)
+    assert str(e.value) == str(e.value).strip() and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{p}{needle}"), str(e.value)
+
+
+def test_override_errors_name_the_override(tmp_path):
+    from pipeline.config import load_trial_config
+
+    with pytest.raises(ConfigError, match=r"^--set optim.lr: optim.lr: Input should be a valid number"):
+        load_trial_config(None, ["optim.lr=fast"])
+
+
+def test_config_errors_carry_several_problems(capsys):
+    e = ConfigError.many(["a.yaml:1: x: bad", "a.yaml:2: y: worse"])
+    assert e.problems == ["a.yaml:1: x: bad", "a.yaml:2: y: worse"] and str(e).count("\n") == 1
+    with pytest.raises(SystemExit):
+        cli_exit(e)
+    assert capsys.readouterr().err == "error: a.yaml:1: x: bad\nerror: a.yaml:2: y: worse\n"
+
+
+def test_argument_parser_errors_are_one_line(capsys):
+    from pipeline.errors import ArgumentParser
+
+    p = ArgumentParser(prog="tool")
+    p.add_argument("--n", type=int, required=True)
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--n", "x"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "tool: error: argument --n: invalid int value: 'x'\n(run tool --help for usage)\n"
