@@ -109,9 +109,9 @@ def test_cli_exit_flattens_validation_errors(capsys):
 
 @pytest.mark.parametrize("field,value", [
     ("batch_size", True), ("batch_size", "128"), ("batch_size", 128.0), ("workers", False),
-    ("train_res", "224"), ("val_crop_ratio", "0.875"), ("val_crop_ratio", float("inf")),
-    ("val_crop_ratio", float("nan")), ("compress_prob", True), ("shuffle", "yes"), ("shuffle", 1),
-    ("mean", (0.5, float("nan"), 0.5)), ("std", [1.0, float("inf"), 1.0]), ("rrc_scale", ["0.1", "1.0"]),
+    ("train_res", "224"), ("val_crop_ratio", "0.875"), ("rrc_ratio", (1.0, float("inf"))),
+    ("mean", (float("inf"), 0.5, 0.5)), ("compress_prob", True), ("shuffle", "yes"), ("shuffle", 1),
+    ("mean", (0.5, float("nan"), 0.5)), ("std", [1.0, float("inf"), 1.0]),
 ])
 def test_types_are_strict_and_numbers_finite(field, value):
     with pytest.raises(ValidationError) as e:
@@ -120,8 +120,10 @@ def test_types_are_strict_and_numbers_finite(field, value):
     assert field in _msg(e)
 
 
-def test_lists_are_accepted_for_pairs():
-    assert DataConfig(rrc_scale=[0.2, 1]).rrc_scale == (0.2, 1.0)
+def test_pairs_take_lists_of_numbers_not_strings():
+    assert DataConfig(rrc_scale=[0.2, 1]).rrc_scale == (0.2, 1.0)  # YAML has no tuples
+    with pytest.raises(ValidationError, match="rrc_scale"):
+        DataConfig(rrc_scale=["0.1", "1.0"])
 
 
 @pytest.mark.parametrize("section,field,value", [
