@@ -108,7 +108,10 @@ def estimate(grid: Grid, tflops: float) -> list[dict[str, Any]]:
             cache[key] = count_macs(m, (res, res)) / 1e9
         dkey = json.dumps(c["data"], sort_keys=True, default=str)
         if dkey not in sizes:
-            sizes[dkey] = train_images(c)
+            try:
+                sizes[dkey] = train_images(c)
+            except ConfigError as e:  # name the spec line the root comes from
+                raise ConfigError(f"{grid.where('data.root')}: {e}") from None
         (n, source), epochs = sizes[dkey], c["optim"]["epochs"]
         flops = 3 * 2 * cache[key] * 1e9 * n * epochs  # fwd + bwd ≈ 3 forwards; 2 FLOPs per MAC
         rows.append({"trial": t.id, "gmacs": cache[key], "images": n, "images_from": source, "epochs": epochs,
