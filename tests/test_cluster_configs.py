@@ -218,7 +218,7 @@ def gcp_with_project(project: str) -> dict:
     m = re.search(r"^#\s+(sed -i .*) infra/cluster/gcp\.yaml$", LAUNCHER["gcp"].read_text(), re.M)
     assert m, "gcp.yaml shows no sed command for the project id"
     assert m.group(1).replace("MY-PROJECT", "my-project") in DOC.read_text(), "the guide shows another command"
-    words = [w for w in shlex.split(m.group(1).replace("MY-PROJECT", project)) if w != "-i"]
+    words = [w for w in shlex.split(m.group(1).replace("MY-PROJECT", project)) if not w.startswith("-i")]
     r = subprocess.run(words, input=LAUNCHER["gcp"].read_text(), capture_output=True, text=True, check=True)
     return yaml.safe_load(r.stdout)
 
