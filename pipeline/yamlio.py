@@ -29,6 +29,7 @@ from ruamel.yaml.composer import Composer, ComposerError, MaxDepthExceededError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+from ruamel.yaml.reader import ReaderError
 
 from .errors import ConfigError
 
@@ -171,6 +172,10 @@ def loads(text: str, source: str = "<text>", *, max_depth: int = MAX_DEPTH,
         data = y.load(text)
     except RecursionError:  # pragma: no cover - max_depth stops nesting long before this
         raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+    except ReaderError as e:  # a character YAML does not allow (NUL, other control characters)
+        line = text.count("\n", 0, max(e.position, 0)) + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise ConfigError(f"{source}:{line}: not valid YAML: character U+{code:04X} is not allowed") from None
     except YAMLError as e:
         raise _yaml_error(e, source, max_depth) from None
     _lines_of(y.composer.root if y.composer is not None else None, lines)

@@ -36,6 +36,7 @@ CASES = [
     ("alias-bomb", BASE + "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
      + "".join(f"x{i}: &a{i} {_flow([f'*a{i - 1}'] * 9)}\n" for i in range(1, 10)), "aliases expanded", None, 2.0),
     ("duplicate-key", BASE + "seeds: 1\nseeds: 2\n", 'duplicate key "seeds"', 7, None),
+    ("nul-character", BASE + "description: a\x00b\n", "character U+0000 is not allowed", 6, None),
     ("duplicate-nested-key", "name: t\nbase:\n  optim: {lr: 0.1, lr: 0.2}\n", 'duplicate key "lr"', 3, None),
     ("not-a-mapping", "- a\n- b\n", "a spec must be a mapping", 1, None),
     # sizes that explode: counted before anything is built
