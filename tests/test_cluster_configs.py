@@ -215,7 +215,7 @@ def test_every_node_and_the_image_run_one_ubuntu_release():
 
 def gcp_with_project(project: str) -> dict:
     """gcp.yaml after the sed command its header (and the guide) tells the user to run."""
-    m = re.search(r"^#\s+(sed -i .*) infra/cluster/gcp\.yaml$", LAUNCHER["gcp"].read_text(), re.M)
+    m = re.search(r"^#\s+(sed -i\S* .*) infra/cluster/gcp\.yaml$", LAUNCHER["gcp"].read_text(), re.M)
     assert m, "gcp.yaml shows no sed command for the project id"
     assert m.group(1).replace("MY-PROJECT", "my-project") in DOC.read_text(), "the guide shows another command"
     words = [w for w in shlex.split(m.group(1).replace("MY-PROJECT", project)) if not w.startswith("-i")]
