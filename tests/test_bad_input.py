@@ -44,7 +44,8 @@ CASES = [
     ("axis-product-1e6", BASE + "axes:\n  attention: [spa]\n  topk_ratio: " + _flow([i / 100 for i in range(1, 101)])
      + "\n  optim.lr: " + _flow([i / 100 for i in range(1, 101)]) + "\n  optim.momentum: "
      + _flow([i / 101 for i in range(100)]) + "\n", "trials, over the limit of 10,000", 6, 1.0),
-    ("50MB-axis", BASE + "axes:\n  optim.lr: [" + "0.1, " * 10_000_000 + "0.1]\n", "the limit is 1,048,576", None, 1.0),
+    ("40k-values", BASE + "axes:\n  optim.lr: [" + "1," * 40_000 + "1]\n", "more than 20,000 values", 7, 6.0),
+    ("50MB-axis", BASE + "axes:\n  optim.lr: [" + "0.1, " * 10_000_000 + "0.1]\n", "bytes; the limit is 262,144", None, 1.0),
     # numbers in the wrong form (strict types: a bool is not an int, a string is not a number)
     ("radius-word", BASE + "axes:\n  attention: [gaussian]\n  radius: [wide]\n", "axes.radius[0]: expected a finite number", 8, None),
     ("radius-inf", BASE + "axes:\n  attention: [gaussian]\n  radius: [.inf]\n", "axes.radius[0]: inf is not a finite", 8, None),
