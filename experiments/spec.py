@@ -46,7 +46,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from blocks import get as get_block
 from blocks import names as block_names
-from blocks.insert import NONE_NAMES, SPEC_KEYS, resolve_spec
+from blocks.insert import NONE_NAMES, resolve_spec
 from pipeline import catalog
 from pipeline.config import (StrictModel, TrialConfig, attention_problems, identity_tree, min_resolution,
                              validation_problems)

@@ -25,7 +25,7 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import catalog
 
@@ -545,9 +545,7 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
         raise ConfigError(str(e)) from None
     try:
         return TrialConfig.model_validate(tree)
-    except Exception as e:  # pydantic.ValidationError
-        if not callable(getattr(e, "errors", None)):
-            raise
+    except ValidationError as e:
         problems = []
         for key, msg in validation_problems(e):
             set_by = next((k for k in overridden if key == k or key.startswith(k + ".")), None)
@@ -560,8 +558,7 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
 
 
 def validate_trial(tree: dict[str, Any], source: Optional[str] = None) -> TrialConfig:
-    from pydantic import ValidationError
-
+    """Validate a trial tree; :class:`ConfigError` with the first problem (and how many more)."""
     from .errors import ConfigError
 
     try:
@@ -587,8 +584,7 @@ def validation_problems(e: Any) -> list[tuple[str, str]]:
         m = _KEY_PREFIX.match(msg)
         if m:
             key = m.group(1)
-            loc = f"{loc}.{key}" if loc and not key.startswith(loc + ".") and key.split(".")[0] not in \
-                TrialConfig.model_fields else key
+            loc = key if not loc or key.startswith(loc + ".") else f"{loc}.{key}"
             msg = msg[m.end():]
         out.append((loc, msg))
     return out
