@@ -425,13 +425,14 @@ def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = N
 
 
 def compare_url(tracking_uri: str, experiment_ids: Iterable[str], run_ids: Iterable[str]) -> str:
-    """MLflow's compare-runs page for ``run_ids`` (a server URI only)."""
+    """MLflow's compare-runs page for ``run_ids`` (a server URI only): their params and metrics side
+    by side (a paper's ``paper: …`` claim run beside a grid's trials), in the training-runs mode."""
     import json
     import urllib.parse
 
     runs = urllib.parse.quote(json.dumps(list(run_ids), separators=(",", ":")))
     exps = urllib.parse.quote(json.dumps([str(e) for e in experiment_ids], separators=(",", ":")))
-    return f"{tracking_uri.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+    return f"{tracking_uri.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}&workflowType=machine_learning"
 
 
 def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
