@@ -436,7 +436,7 @@ def compare_url(tracking_uri: str, experiment_ids: Iterable[str], run_ids: Itera
 
 
 def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
-                    key_tag: str = CLAIM_TAG) -> dict[str, dict[str, str]]:
+                    key_tag: str = CLAIM_TAG, scope: Any = None) -> dict[str, dict[str, str]]:
     """Make ``experiment`` hold exactly one active, FINISHED run per record; idempotent.
 
     A record is ``{"key", "run_name", "params", "metrics", "tags"}`` (params/tags: str -> str,
@@ -449,6 +449,7 @@ def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
       ``attnlab.claim.state=replaced`` and deleted (restorable), a new run takes its place;
     * ``removed``   — a run whose key is no longer in ``records``: tagged
       ``attnlab.claim.state=removed`` and its status set to KILLED (kept, not deleted).
+      ``scope(run) -> bool`` limits this to the runs a partial sync is about (e.g. one file's).
 
     Returns ``{action: {key: run_id}}``.
     """
@@ -456,7 +457,7 @@ def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
     quiet = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
-        return _sync_keyed_runs(uri, experiment, records, key_tag)
+        return _sync_keyed_runs(uri, experiment, records, key_tag, scope)
     finally:
         if quiet is None:
             os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
@@ -465,7 +466,7 @@ def sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
 
 
 def _sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]],
-                     key_tag: str) -> dict[str, dict[str, str]]:
+                     key_tag: str, scope: Any = None) -> dict[str, dict[str, str]]:
     import hashlib
     import json
     import time
@@ -530,6 +531,8 @@ def _sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]]
         rid = run.info.run_id
         if run.data.tags.get(CLAIM_STATE_TAG) == "removed" and run.info.status == "KILLED":
             continue
+        if scope is not None and not scope(run):
+            continue  # a partial sync: not one of the runs it covers
         client.log_batch(rid, tags=[RunTag(CLAIM_STATE_TAG, "removed"),
                                     RunTag("attnlab.claim.removed_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))],
                          synchronous=True)

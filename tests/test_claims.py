@@ -296,3 +296,18 @@ def test_ui_url_for_a_local_store(tmp_path):
     msg = ui_url(f"sqlite:///{tmp_path}/m.db", "claims")
     assert msg.startswith("no MLflow UI server behind sqlite:///") and "mlflow server --backend-store-uri" in msg
     assert "workflowType=machine_learning" in msg and "\n" not in msg
+
+
+@pytest.mark.cluster
+def test_partial_sync_removes_only_its_own_files_claims(tmp_path, mlflow_server):
+    exp = f"claims-test-{uuid.uuid4().hex[:8]}"
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(GOOD)
+    b.write_text(GOOD.replace("id: a.b", "id: b.c"))
+    claims, _ = load_claims([a, b])
+    assert sorted(sync(mlflow_server, claims, exp)["created"]) == ["a.b", "b.c"]
+    b.write_text(GOOD.replace("id: a.b", "id: b.d"))  # b.c renamed to b.d; a.yaml not part of this sync
+    claims, _ = load_claims([b])
+    out = sync(mlflow_server, claims, exp, files=[b])
+    assert list(out["created"]) == ["b.d"] and list(out["removed"]) == ["b.c"]
+    assert "a.b" not in out["removed"]

@@ -550,11 +550,24 @@ def claim_record(claim: Any) -> dict[str, Any]:
     return {"key": claim.id, "run_name": f"paper: {claim.id}", "params": params, "metrics": metrics, "tags": tags}
 
 
-def sync(tracking_uri: str, claims: list[LoadedClaim], experiment: str = EXPERIMENT) -> dict[str, dict[str, str]]:
-    """Write ``claims`` into the MLflow experiment ``experiment``: one run per claim, idempotent."""
+def sync(tracking_uri: str, claims: list[LoadedClaim], experiment: str = EXPERIMENT,
+         files: Optional[Iterable[Path]] = None) -> dict[str, dict[str, str]]:
+    """Write ``claims`` into the MLflow experiment ``experiment``: one run per claim, idempotent.
+
+    A claim run no longer in ``claims`` is marked removed — with ``files`` (a partial sync of some
+    claim files), only the runs of claims that came from those files."""
     from pipeline.tracking import sync_keyed_runs
 
-    return sync_keyed_runs(tracking_uri, experiment, [claim_record(lc.claim) for lc in claims])
+    records = []
+    for lc in claims:
+        rec = claim_record(lc.claim)
+        rec["tags"]["attnlab.claim.file"] = lc.file.name
+        records.append(rec)
+    scope = None
+    if files is not None:
+        names = {Path(f).name for f in files}
+        scope = lambda run: run.data.tags.get("attnlab.claim.file") in names  # noqa: E731
+    return sync_keyed_runs(tracking_uri, experiment, records, scope=scope)
 
 
 # ---------------------------------------------------------------------------------------------

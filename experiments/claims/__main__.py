@@ -58,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ConfigError(str(e)) from None
     except ConfigError as e:
         cli_exit(e)
-    out = sync(uri, claims, a.experiment)
+    out = sync(uri, claims, a.experiment, files=a.files or None)
     counts = ", ".join(f"{len(v)} {k}" for k, v in out.items())
     print(f"claims → MLflow {uri} experiment {a.experiment!r}: {counts}")
     for action in ("created", "updated", "replaced", "removed"):
