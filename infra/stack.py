@@ -280,7 +280,8 @@ def start_postgres(state: Path, port: int, timeout: float = 60) -> str:
     if r.stdout.strip() != "1":
         subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "attnlab", "mlflow"],
                        check=True, capture_output=True)
-    return f"postgresql://attnlab@127.0.0.1:{port}/mlflow"
+    # +psycopg2: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed
+    return f"postgresql+psycopg2://attnlab@127.0.0.1:{port}/mlflow"
 
 
 # ---------------------------------------------------------------------------------------------

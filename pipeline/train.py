@@ -371,6 +371,7 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
         tracker.log_dataset(info["name"], info["fingerprint"], str(cfg.data.root or f"builtin:{info['name']}"))
 
     status, message = "finished", ""
+    final_report = None  # the last epoch's report waits until the run is complete (see below)
     log_s, train_s = 0.0, 0.0  # time in tracking calls vs in training, for the overhead figure
     try:
         last = cfg.optim.epochs if stop_after is None else min(stop_after, cfg.optim.epochs)
@@ -400,11 +401,18 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
                 if lead:
                     trial.save(ckpt_path)
                     saved = ckpt_path
-            if reporter is not None:
-                reporter({**m, "epoch": epoch + 1, "diverged": 0.0}, saved)
+            final_report = ({**m, "epoch": epoch + 1, "diverged": 0.0}, saved)
+            if reporter is not None and epoch + 1 < cfg.optim.epochs:
+                reporter(*final_report)
+                final_report = None
     except Diverged as e:
         status, message = "diverged", str(e)
         print(f"trial {name!r} diverged: {e}", file=sys.stderr)
+    except SystemExit:
+        # Ray Tune ends a trial it stops (a scheduler's early stop) by raising SystemExit in its
+        # thread: not a failure of the trial. The grid driver closes the run (stopped early).
+        tracker.flush()
+        raise
     except BaseException as e:  # the run is closed honestly; a retry re-opens it
         tracker.set_tags({"attnlab.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:4000]})
         tracker.finish("killed" if isinstance(e, KeyboardInterrupt) else "failed")
@@ -432,10 +440,14 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
             if cfg.checkpoint.log_final and ckpt_path.exists():
                 tracker.log_artifact(ckpt_path, "checkpoint")
         tracker.finish(status)
-        if not cfg.checkpoint.keep_final and ckpt_path.exists():
-            ckpt_path.unlink()
     else:
         tracker.flush()  # stopped early on purpose (stop_after): the run stays open for a resume
+    if reporter is not None and final_report is not None:
+        # Reported only now: Tune ends a trial as soon as it has its last result, which would
+        # cut the artifacts and the run's closing short.
+        reporter(*final_report)
+    if done and not cfg.checkpoint.keep_final and ckpt_path.exists():
+        ckpt_path.unlink()
     if reporter is not None and status == "diverged":
         reporter({"diverged": 1.0, "epoch": trial.state.epoch, "val_top1": summary["final_top1"],
                   "best_top1": trial.state.best_top1}, None)

@@ -76,6 +76,22 @@ def run_on_every_node(fn: Any, payload: Any, timeout: float = 300.0) -> dict[str
     return out
 
 
+def run_on_node(fn: Any, payload: Any, node_id: str, num_cpus: float = 1) -> Any:
+    """``fn(payload)`` as one Ray task pinned to ``node_id``; its output streams to the driver."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    return ray.get(remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+                   .remote(payload))
+
+
+def node_ids_where(fn: Any, payload: Any) -> list[tuple[str, str]]:
+    """``(node id, node label)`` of the alive nodes where ``fn(payload)`` is true."""
+    labels = {f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": n["NodeID"] for n in alive_nodes()}
+    found = run_on_every_node(fn, payload)
+    return [(labels[lab], lab) for lab, ok in found.items() if ok is True]
+
+
 def _tune_reporter():
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -198,7 +214,7 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
         # A DDP trial's own process only waits on its Ray Train workers, which ask for the
         # per-trial resources each (scheduled by Ray Train, not in this trial's bundle).
         if int(config["trial"].get("workers_per_trial", 1)) > 1:
-            return {"cpu": 0, "gpu": 0}
+            return {"cpu": 0.01}
         return {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
 
     fn = tune.with_resources(trainable, resources)

@@ -177,7 +177,7 @@ def pg_mlflow(tmp_path_factory):
 
 def test_postgres_backend_concurrent_trials_every_metric_once(pg_mlflow, ray_head, tmp_path):
     url, backend = pg_mlflow
-    assert backend.startswith("postgresql://")
+    assert backend.startswith("postgresql+psycopg2://")
     epochs = 3
     spec = _spec(tmp_path, "pgconc", {"attention": ["none", "se", "cbam", "spa"]}, epochs=epochs, train_count=48)
     env = dict(os.environ, **ray_head["env"], RAY_ADDRESS=ray_head["address"], MLFLOW_TRACKING_URI=url)

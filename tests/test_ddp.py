@@ -27,7 +27,7 @@ def test_ddp_trial_one_run_same_metrics_resumes(tmp_path, ray_head, mlflow_serve
         "axes": {"attention": ["se"]}}))
     env = dict(os.environ, **ray_head["env"], RAY_ADDRESS=ray_head["address"], MLFLOW_TRACKING_URI=mlflow_server)
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "grid.py"), "--spec", str(spec), "--storage",
-                        str(tmp_path / "storage"), "--cpus-per-trial", "1"], env=env, capture_output=True, text=True,
+                        str(tmp_path / "storage"), "--cpus-per-trial", "0.5"], env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert (tmp_path / "fault.once").exists()  # the failure did happen, and the trial was retried
