@@ -1,8 +1,8 @@
 """Real-data check: ResNet-20 on ``digits``, baseline and with SE / CBAM / SPA / Gaussian.
 
-    python benchmarks/digits_check.py [--only none,se] [--epochs 20] [--lr 0.1] [--batch 64]
-                                      [--warmup 1] [--threads 1] [--seed 0] [--no-tracking]
-                                      [--json]
+    python -m benchmarks.digits_check [--only none,se] [--epochs 20] [--lr 0.1] [--batch 64]
+                                      [--warmup 1] [--threads 1] [--seed 0]
+                                      [--tracking sqlite|server|off] [--checkpoint-every N] [--json]
 
 Every model is trained by :func:`pipeline.train.fit` with one shared recipe (the defaults
 below: SGD momentum 0.9, lr 0.1, 1 warm-up epoch from lr/10, cosine to 0 over 20 epochs,
@@ -11,9 +11,19 @@ random crop, fp32), each block at its registry default placement (the placement 
 block gets its own settings.  The models run one after the other in this process, on the CPU
 by default (``--device``).
 
-Tracking goes to a local SQLite MLflow store in a temporary folder (removed at the end;
-``--keep`` keeps it and prints its URI), so the check also exercises the trainer's MLflow
-path; ``--no-tracking`` switches it off.  Checkpoints are not kept.
+Tracking (``--tracking``): ``sqlite`` (the default) — a local SQLite MLflow store in a temporary
+folder (removed at the end; ``--keep`` keeps it and prints its URI), so the check also exercises
+the trainer's MLflow path; ``server`` — a local MLflow server on 127.0.0.1
+(``infra.stack.start_mlflow``, SQLite behind it, stopped at the end), as a grid uses;
+``off`` (or ``--no-tracking``) — no tracking.  ``--checkpoint-every N`` writes a checkpoint every
+N epochs (default 0: only the final one), each preceded by the tracker's flush, which is what
+the tracking overhead is made of; checkpoints are not kept.
+
+Tracking overhead: ``fit`` logs ``tracking_overhead_pct`` = time in tracking calls during the
+epochs (each epoch's asynchronous ``log_batch`` and the flush before each checkpoint) / time in
+training epochs.  The table gives it with the absolute seconds per epoch behind it, and the
+script also times a synchronous one-metric ``log_batch`` to the store (the round trip every
+flush waits for at least; median of 20).
 
 Columns: params (whole model), best and final val top-1 (%, 359-image val split), the first
 epoch at which val top-1 reached the target (``--target``, default 95), epochs run, wall time
@@ -26,14 +36,12 @@ import argparse
 import json
 import platform
 import shutil
+import socket
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MODELS = ("none", "se", "cbam", "spa", "gaussian")
 
@@ -47,6 +55,28 @@ def placement(cfg) -> str:
     return f"{spec.slot}, {where}{every}"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_round_trip(uri: str, n: int = 20) -> float:
+    """Median seconds of a synchronous one-metric ``log_batch`` to ``uri`` (a scratch run)."""
+    from pipeline.tracking import Tracker
+
+    t = Tracker(uri, "digits-check-probe")
+    t.start("round-trip probe", {}, {})
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        t.log_metrics({"probe": float(i)}, step=i)
+        t.flush()
+        times.append(time.perf_counter() - t0)
+    t.finish("finished")
+    return statistics.median(times)
+
+
 def trial_tree(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | None) -> dict:
     return {
         "model": {"backbone": "cifar_resnet20", "attention": None if attention == "none" else attention},
@@ -55,7 +85,7 @@ def trial_tree(attention: str, a: argparse.Namespace, work_dir: Path, uri: str |
                   "warmup_epochs": a.warmup, "schedule": "cosine"},
         "precision": "fp32", "device": a.device, "threads": a.threads, "seed": a.seed,
         "work_dir": str(work_dir),
-        "checkpoint": {"every": 0, "keep_final": False},
+        "checkpoint": {"every": a.checkpoint_every, "keep_final": False},
         "tracking": {"enabled": uri is not None, "uri": uri, "experiment": "digits-check"},
     }
 
@@ -85,6 +115,7 @@ def run_one(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | No
         "gmacs": s["gmacs"], "best_top1": s["best_top1"], "final_top1": s["final_top1"],
         "epoch_reached": reached, "epochs": s["epochs"], "wall_s": wall,
         "train_s": sum(h["epoch_time"] for h in history),
+        "tracking_overhead_pct": s.get("tracking_overhead_pct", float("nan")) if uri else float("nan"),
         "first_loss": history[0]["train_loss"] if history else float("nan"),
         "last_loss": history[-1]["train_loss"] if history else float("nan"),
         "run_id": s["run_id"],
@@ -93,12 +124,17 @@ def run_one(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | No
 
 def table(rows: list[dict], target: float) -> str:
     head = (f"| model | placement | params | best top-1 | final top-1 | epoch ≥{target:g}% | epochs "
-            f"| train loss first→last | wall s | train s |")
-    out = [head, "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+            f"| train loss first→last | wall s | train s | s/epoch | tracking % | tracking s/epoch |")
+    out = [head, "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        pct = r["tracking_overhead_pct"]
+        per_epoch = r["train_s"] / max(r["epochs"], 1)
+        track = "-" if pct != pct else f"{pct:.2f}"
+        track_s = "-" if pct != pct else f"{pct / 100 * per_epoch:.3f}"
         out.append(f"| {r['model']} | {r['placement']} | {r['params']:,} | {r['best_top1']:.1f} | "
                    f"{r['final_top1']:.1f} | {r['epoch_reached'] or 'never'} | {r['epochs']} | "
-                   f"{r['first_loss']:.3f}→{r['last_loss']:.4f} | {r['wall_s']:.0f} | {r['train_s']:.0f} |")
+                   f"{r['first_loss']:.3f}→{r['last_loss']:.4f} | {r['wall_s']:.0f} | {r['train_s']:.0f} | "
+                   f"{per_epoch:.1f} | {track} | {track_s} |")
     return "\n".join(out)
 
 
@@ -114,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--target", type=float, default=95.0)
-    p.add_argument("--no-tracking", action="store_true", help="tracking.enabled: false")
+    p.add_argument("--tracking", choices=("sqlite", "server", "off"), default="sqlite")
+    p.add_argument("--no-tracking", action="store_true", help="the same as --tracking off")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: the final one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary MLflow store")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per epoch on stderr")
     p.add_argument("--json", action="store_true", help="rows as JSON instead of the table")
@@ -127,9 +165,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="digits-check-"))
-    uri = None if a.no_tracking else f"sqlite:///{tmp / 'mlflow.db'}"
+    tracking = "off" if a.no_tracking else a.tracking
+    uri = None if tracking == "off" else f"sqlite:///{tmp / 'mlflow.db'}"
+    server_state = None
     rows = []
+    round_trip = float("nan")
     try:
+        if tracking == "server":
+            from infra.stack import start_mlflow
+
+            server_state = tmp / "mlflow-server"
+            uri, _ = start_mlflow(server_state, port=free_port())
+        if uri is not None:
+            round_trip = log_round_trip(uri)
         for m in models:
             rows.append(run_one(m, a, tmp / m, uri))
             if not a.json:
@@ -137,19 +185,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']}: best {r['best_top1']:.1f}  final {r['final_top1']:.1f}  "
                       f"{r['wall_s']:.0f} s", file=sys.stderr, flush=True)
     finally:
+        if server_state is not None:
+            from infra.stack import stop_mlflow
+
+            stop_mlflow(server_state)
         if a.keep:
             print(f"MLflow store kept: {uri}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     recipe = {"epochs": a.epochs, "lr": a.lr, "batch": a.batch, "warmup_epochs": a.warmup,
               "weight_decay": a.weight_decay, "schedule": "cosine", "momentum": 0.9, "seed": a.seed,
-              "threads": a.threads, "precision": "fp32"}
+              "threads": a.threads, "precision": "fp32", "checkpoint_every": a.checkpoint_every}
     if a.json:
         print(json.dumps({"recipe": recipe, "torch": torch.__version__, "machine": platform.machine(),
-                          "rows": rows}, indent=1))
+                          "tracking": tracking, "log_round_trip_s": round_trip, "rows": rows}, indent=1))
     else:
         print(f"ResNet-20 on digits; recipe {json.dumps(recipe)}; torch {torch.__version__}")
         print(table(rows, a.target))
+        if uri is not None:
+            print(f"tracking: {tracking}; synchronous one-metric log_batch round trip {1000 * round_trip:.0f} ms "
+                  f"(median of 20)")
     return 0 if all(r["best_top1"] >= a.target and r["status"] == "finished" for r in rows) else 1
 
 

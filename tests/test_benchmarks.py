@@ -1,5 +1,6 @@
-"""The benchmark scripts still run: the CPU (small) mode of benchmarks/train_throughput.py, and
-the block benchmarks as modules (``python -m benchmarks.<name>``, no ``sys.path`` edits)."""
+"""The benchmark scripts still run as modules (``python -m benchmarks.<name>``, no ``sys.path``
+edits): quick CPU modes of the trainer and grid benchmarks (train_throughput, digits_check,
+grid_overhead) and of the block benchmarks."""
 import json
 import os
 import subprocess
@@ -11,39 +12,107 @@ import pytest
 import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(SCRIPT), "--size", "small", "--threads", "1", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+# --- trainer and grid benchmarks: train_throughput.py, digits_check.py, grid_overhead.py -------
+
+def test_no_benchmark_file_edits_sys_path():
+    for name in ("train_throughput", "grid_overhead", "digits_check"):
+        assert "sys.path" not in (ROOT / "benchmarks" / f"{name}.py").read_text(), name
+
+
+def test_train_throughput_times_the_trainers_own_train_epoch(monkeypatch, tmp_path):
+    """Both figures come from pipeline.train.Trial.train_epoch: over the trial's real loader
+    (trainer) and over a fixed batch of that loader (model only), warm-up epochs included."""
+    import benchmarks.train_throughput as tt
+    from pipeline.data.loader import Loader
+    from pipeline.train import Trial
+
+    calls = []
+    real = Trial.train_epoch
+
+    def spy(self, epoch):
+        calls.append((epoch, type(self.train_loader)))
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trial, "train_epoch", spy)
+    s = dict(tt.SIZES["small"], threads=[1], repeats=1)
+    rows = tt.measure("none", 16, s, str(tmp_path))
+    assert [c[0] for c in calls] == [0, 1, 2, 3]  # warm-up trainer, warm-up model-only, timed pair
+    kinds = [c[1] for c in calls]
+    assert issubclass(kinds[0], Loader) and issubclass(kinds[2], Loader)
+    assert kinds[1] is tt.FixedBatch and kinds[3] is tt.FixedBatch
+    (r,) = rows
+    assert r.status == "ok" and r.threads == 1 and r.res == 16
+    assert len(r.trainer_runs) == len(r.model_runs) == 1 and r.trainer_ips > 0 and r.model_ips > 0
+    assert r.gmacs > 0 and r.params == 269_722 and r.placement == "-"
 
 
 @pytest.mark.slow
-def test_train_throughput_small_has_a_row_per_block():
-    r = _run()
+def test_train_throughput_small_prints_trainer_and_model_only_figures():
+    r = _run_module("train_throughput", "--size", "small", "--threads", "1", "--repeats", "1", "--res", "16")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
-    expected = ["baseline", *blocks.names("stage"), *blocks.names("model")]
-    for name in expected:
-        assert name in rows, f"no row for {name}:\n{r.stdout}"
-        cells = [c.strip() for c in rows[name].split("|")]
-        assert cells[-2] == "ok", rows[name]
-        assert float(cells[6]) > 0 and float(cells[8]) > 0, rows[name]  # images/s, peak MB
-    assert rows["baseline"].split("|")[5].strip() == "1.000"  # × GMACs of the baseline itself
+    assert "timed: pipeline.train.Trial.train_epoch" in r.stdout
+    rows = [line.split("|") for line in r.stdout.splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in rows[0]]
+    assert "trainer img/s" in head and "model-only img/s" in head
+    base = dict(zip(head, (c.strip() for c in rows[2])))
+    assert base["attention"] == "baseline" and base["threads"] == "1" and base["status"] == "ok"
+    assert float(base["trainer img/s"]) > 0 and float(base["model-only img/s"]) > 0
+    assert base["× GMACs"] == "1.000"
 
 
 @pytest.mark.slow
-def test_train_throughput_json():
-    r = _run("--only", "se", "--no-model-level", "--json")
+def test_train_throughput_json_with_a_block():
+    r = _run_module("train_throughput", "--size", "small", "--threads", "1", "--repeats", "1", "--res", "16",
+                    "--only", "se", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["settings"]["size"] == "small" and out["settings"]["device"] == "cpu"
+    assert out["env"]["timed"] == "pipeline.train.Trial.train_epoch"
     assert [row["attention"] for row in out["rows"]] == ["none", "se"]
     se = out["rows"][1]
-    assert se["status"] == "ok" and se["images_per_s"] > 0 and se["peak_mb"] > 0
+    assert se["status"] == "ok" and se["trainer_ips"] > 0 and se["model_ips"] > 0
     assert se["gmacs_x"] >= 1.0 and se["placement"] == "gate, stages 1,2,3"
+
+
+def test_train_throughput_full_size_needs_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    r = _run_module("train_throughput", "--size", "full")
+    assert r.returncode == 2 and "CUDA" in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_digits_check_reports_the_tracking_overhead():
+    r = _run_module("digits_check", "--only", "none", "--epochs", "1", "--checkpoint-every", "1",
+                    "--target", "0", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["tracking"] == "sqlite" and out["log_round_trip_s"] > 0
+    (row,) = out["rows"]
+    assert row["status"] == "finished" and row["epochs"] == 1 and row["run_id"]
+    assert row["tracking_overhead_pct"] >= 0 and row["train_s"] > 0
+
+
+@pytest.mark.slow
+def test_grid_overhead_quick_mode(tmp_path):
+    """Expansion, the start-up breakdown in a fresh process and two smoke trials on a local Ray."""
+    r = _run_module("grid_overhead", "--ratios", "10", "--trials", "2", "--tracking", "off", "--json",
+                    timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["expand"]["trials"] == 102
+    st = out["startup"]
+    first = st["fit start (stop_after=0): the first trial of a process"]
+    assert first[0] > 0 and len(st["fit start again in the same process (3 trials), wall"]) == 3
+    assert "Trial(cfg): data, model, optimizer" in st["  of which"]
+    rows = out["tune"]
+    assert len(rows) == 2 and all(row["start_to_first_epoch_s"] > 0 for row in rows)
+    assert rows[0]["first_of_worker"]
+    assert "first trial of a worker" in out["tune_summary"]
 
 
 # --- block benchmarks: benchmarks/block_speed.py, spa_memory.py, cost_table.py -----------------
