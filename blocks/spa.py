@@ -52,7 +52,8 @@ linear maps, computed in one of two orders, chosen per call from the shapes (C, 
 :func:`choose_form` takes the order with fewer multiply-adds (ties: per-pixel), the same rule
 in training and eval; ``form_for(h, w)`` says which one a module runs, and setting the
 attribute ``form`` to ``"folded"`` or ``"per_pixel"`` (default ``"auto"``) forces one (tests,
-benchmarks).  Both orders compute the same function (up to float rounding order).  (A third
+benchmarks).  :func:`blocks.cost.describe_forms` lists the order every spa module of a model
+runs at an input size (and ``python -m blocks.cost ... --json`` carries it as ``"forms"``).  Both orders compute the same function (up to float rounding order).  (A third
 order, (W A)·(W_g x), has fewer multiply-adds than the folded one but keeps W_g x per pixel for
 backward; we do not use it.)
 
