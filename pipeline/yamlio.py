@@ -35,6 +35,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scanner import Scanner, ScannerError
 
 from .errors import ConfigError
 
@@ -115,11 +116,27 @@ class _BoundedComposer(Composer):
         return self.root
 
 
+class _BoundedScanner(Scanner):
+    """ruamel's scanner, refusing flow nesting (``[[[...``) deeper than ``max_depth`` as it reads
+    it: each open bracket may start a simple key, which the scanner otherwise looks up to 1,024
+    characters ahead for, checking every open level at each token (quadratic; 50,000 brackets
+    took 1.5-6 s before the composer's own depth limit was reached)."""
+
+    max_depth = MAX_DEPTH
+
+    def fetch_flow_collection_start(self, TokenClass: Any, to_push: str) -> None:
+        if len(self.flow_context) >= self.max_depth:
+            raise ScannerError(None, None, f"nested more than {self.max_depth} levels deep",
+                               self.reader.get_mark())
+        super().fetch_flow_collection_start(TokenClass, to_push)
+
+
 def _yaml(max_depth: int, max_nodes: int) -> YAML:
     y = YAML(typ="safe", pure=True)  # pure: the composer above, and marks on every node
     y.allow_duplicate_keys = False
     y.max_depth = max_depth
     y.Composer = type("Composer", (_BoundedComposer,), {"max_nodes": max_nodes})
+    y.Scanner = type("Scanner", (_BoundedScanner,), {"max_depth": max_depth})
     return y
 
 
