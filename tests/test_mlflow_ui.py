@@ -27,7 +27,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--virtual-time-budget=20000", "--window-size=1600,1400"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: pytest sets up wider scopes first; check before the grid runs
 def chromium():
     if os.environ.get("ATTNLAB_SKIP_BROWSER") == "1":
         pytest.skip("ATTNLAB_SKIP_BROWSER=1: the browser check of the MLflow UI was skipped on purpose")
