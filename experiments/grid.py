@@ -53,7 +53,7 @@ def train_images(cfg: dict[str, Any]) -> tuple[int, str]:
 
     Built-in data (digits) and ``synthetic`` are known without reading anything.  For a dataset
     in a folder: if ``data.root`` exists on this machine the images under ``train/`` are counted
-    (CIFAR's fixed-size pickles: their published size once the folder is found); if it does
+    (a dataset stored otherwise, e.g. CIFAR's pickles: its published size once the folder is found); if it does
     not, the dataset's published size is used and the note says the data was not checked (a
     dry run is a cost estimate, run where the data may be absent).  A root that is a file, or
     a folder without training images, is a :class:`ConfigError`; so is a folder dataset of
@@ -77,7 +77,7 @@ def train_images(cfg: dict[str, Any]) -> tuple[int, str]:
     problems = check_data_root(DataConfig.model_validate({"dataset": d["dataset"], "root": str(root)}))
     if problems:
         raise ConfigError(problems[0])
-    if info.style == "cifar" and info.name.startswith("cifar"):
+    if not info.image_files:  # e.g. CIFAR's pickles: a fixed size, nothing to count
         return int(info.train_images), f"published size; {root} found"
     n = _count_images(root / "train") if (root / "train").is_dir() else 0
     if n == 0:

@@ -33,19 +33,20 @@ class DatasetInfo:
     val_images: Optional[int] = None
     num_classes: Optional[int] = None
     description: str = ""
+    image_files: bool = False  # root/train/ holds one file per training image (they can be counted)
 
 
 _DATASETS = (
     DatasetInfo("imagenet", "imagenet", True, 224, 1_281_167, 50_000, 1000,
-                "ImageNet-1k as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"),
+                "ImageNet-1k as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG", image_files=True),
     DatasetInfo("imagefolder", "imagenet", True, 224, None, None, None,
-                "train/ and val/ folders of class folders of JPEG/PNG images"),
+                "train/ and val/ folders of class folders of JPEG/PNG images", image_files=True),
     DatasetInfo("cifar10", "cifar", True, 32, 50_000, 10_000, 10,
                 "CIFAR-10, official python pickles (cifar-10-batches-py)"),
     DatasetInfo("cifar100", "cifar", True, 32, 50_000, 10_000, 100,
                 "CIFAR-100 (fine labels), official python pickles (cifar-100-python)"),
     DatasetInfo("tiny-imagenet", "cifar", True, 64, 100_000, 10_000, 200,
-                "Tiny-ImageNet-200, official layout (val/val_annotations.txt)"),
+                "Tiny-ImageNet-200, official layout (val/val_annotations.txt)", image_files=True),
     DatasetInfo("digits", "digits", False, 32, 1_438, 359, 10,
                 "scikit-learn handwritten digits, 32x32 RGB, fixed 80/20 split (embedded)"),
     DatasetInfo("synthetic", "cifar", False, None, None, None, None,

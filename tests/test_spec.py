@@ -283,3 +283,22 @@ def test_seed_and_attention_change_trial_ids():
     g = grid_from_tree({"name": "t", "base": IDENTITY_BASE, "axes": {"attention": ["spa"], "topk_ratio": [0.5]},
                         "seeds": [5]})
     assert not {t.id for t in g.trials} & set(ids)
+
+
+def test_dry_run_counts_a_root_that_is_here(tmp_path, capsys):
+    from experiments.grid import main
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / "train" / cls / f"{i}.JPEG").write_bytes(b"")
+    (tmp_path / "cifar").mkdir()
+    p = tmp_path / "s.yaml"
+    for data, images, source in [({"dataset": "imagefolder", "root": str(tmp_path / "data")}, 6, "counted in"),
+                                 ({"dataset": "cifar10", "root": str(tmp_path / "cifar")}, 50_000, "found")]:
+        p.write_text(yaml.safe_dump({"name": "t", "base": {"model": {"backbone": "cifar_resnet20", "num_classes": 2},
+                                                           "data": {**data, "train_res": 32}, "optim": {"epochs": 1}}}))
+        assert main(["--spec", str(p), "--dry-run", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["trials"][0]["images"] == images and source in out["trials"][0]["images_from"]
+        assert out["data_checked"] is True
