@@ -333,20 +333,23 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_MAX_TRIALS) -> Grid:
+def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_MAX_TRIALS,
+           problems: Optional[_Problems] = None) -> Grid:
     """All trials of ``spec``: validated, deterministic order, de-duplicated.
 
-    Raises :class:`ConfigError` with every problem found (one line each), or when the spec asks
-    for more than ``max_trials`` trials (counted before any is built).
+    Raises :class:`ConfigError` with every problem found (one line each; ``problems`` holds any
+    found before), or when the spec asks for more than ``max_trials`` trials (counted before any
+    is built).
     """
     where = where or Lines("spec")
-    problems = _Problems(where)
+    problems = problems if problems is not None else _Problems(where)
     base_model = spec.base.get("model", {})
     if not isinstance(base_model, dict):
         problems.add(("base", "model"), "base.model: expected a mapping")
         base_model = {}
+    before = len(problems.lines)
     entries = _attention_entries(spec, problems)
-    entries_ok = not problems
+    entries_ok = len(problems.lines) == before
     if spec.baseline and any(e.spec is not None for e in entries) and not any(e.spec is None for e in entries):
         entries.insert(0, _Entry(None, ("base",)))
     kinds = [e.spec["kind"] for e in entries if e.spec is not None]
@@ -511,8 +514,8 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
         raise ConfigError(f"{first}: a spec must be a mapping with name/base/axes/seeds, got "
                           f"{type(raw).__name__ if raw is not None else 'an empty document'}")
     problems = _Problems(where)
-    for p, v in _non_finite(raw):
-        problems.add(p, f"{_dotted(p)}: {v} is not a finite number")
+    for p, v in _non_finite(raw):  # an axis value's problems name the axis line, like the others
+        problems.add(p[:2] if p[0] == "axes" else p, f"{_dotted(p)}: {v} is not a finite number")
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
@@ -520,7 +523,6 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
             problems.add(tuple(key.split(".")), f"{key}: {msg}")
         problems.raise_if_any()
         raise  # pragma: no cover - a validation error always has a problem
-    problems.raise_if_any()
-    grid = expand(spec, where, max_trials=max_trials)
+    grid = expand(spec, where, max_trials=max_trials, problems=problems)
     grid.path, grid.lines = path, where
     return grid

@@ -178,3 +178,13 @@ def test_cli_has_no_traceback(name, tmp_path):
     r = subprocess.run(GRID + ["--spec", str(p), "--dry-run"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_non_finite_numbers_are_reported_with_the_other_problems(tmp_path):
+    p = tmp_path / "spec.yaml"
+    p.write_text("name: t\nbase:\n  optim: {lr: .inf}\naxes:\n  attention: [spa, sse]\n")
+    rc, err, _ = _run(p)
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 2, err
+    assert f"{p}:3: base.optim.lr: inf is not a finite number" in lines[0]
+    assert f"{p}:5: axes.attention[1]: unknown attention 'sse'" in lines[1]
