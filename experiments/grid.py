@@ -235,7 +235,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs per trial; fractions share a GPU, e.g. 0.5 (default: 1 when the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--scheduler", choices=["none", "asha"], default="none")
+    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
+                   help="asha: stop trials early on per-epoch val top-1 (they are tagged stopped_early)")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="with asha: epochs every trial runs before it may be stopped (default epochs/8, at least 1)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (from its checkpoint)")
     p.add_argument("--storage", default=None, help=f"Tune storage path or URI (default {DEFAULT_STORAGE})")
     p.add_argument("--tflops", type=float, default=100.0,
@@ -249,8 +252,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     for flag in ("max_concurrent", "max_failures"):
         if getattr(a, flag) < 0:
             p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if (a.gpus_per_trial is not None and a.gpus_per_trial < 0) or a.cpus_per_trial <= 0:
-        p.error("--gpus-per-trial must be >= 0 and --cpus-per-trial > 0")
+    if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
+        p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
+    g = a.gpus_per_trial
+    if g is not None and not (math.isfinite(g) and g >= 0 and (g <= 1 or g == int(g))):
+        p.error(f"--gpus-per-trial must be >= 0: a fraction up to 1 (trials share a GPU) or a whole number, got {g}")
+    if a.grace_period is not None and a.grace_period < 1:
+        p.error("--grace-period must be >= 1")
     if not (0 < a.tflops < float("inf")):
         p.error("--tflops must be a finite number > 0")
     return a
@@ -452,7 +460,7 @@ def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
     epochs = {c["name"]: c["optim"]["epochs"] for c in trials}
     rows = run_grid(trials, name=name, storage=storage, resume=a.resume, max_concurrent=a.max_concurrent,
                     cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-                    max_failures=a.max_failures, scheduler=a.scheduler,
+                    max_failures=a.max_failures, scheduler=a.scheduler, grace_period=a.grace_period,
                     epochs=max(epochs.values()))
     for r in rows:  # a trial that ended cleanly before its last epoch was stopped by the scheduler
         if r["status"] == "finished" and r.get("epochs") is not None and r["epochs"] < epochs.get(r["trial"], 0):

@@ -247,16 +247,26 @@ def start_postgres(state: Path, port: int, timeout: float = 60) -> str:
     PostgreSQL refuses to run as root: as root the server runs as the ``postgres`` system user
     (created by the Debian package), and owns its data folder.
     """
-    data = state / "pg"
-    sock = state / "pg-sock"
+    data, sock = state / "pg", state / "pg-sock"
+    if os.geteuid() == 0:
+        # the server runs as `postgres`, which may not traverse the state folder's parents
+        # (pytest's and many home folders are 0700): its folders then live under /tmp,
+        # recorded in the state folder so the same database is found again.
+        rec = state / "pg_dir"
+        if not rec.exists():
+            import tempfile
+
+            rec.write_text(tempfile.mkdtemp(prefix="attnlab-pg-"))
+        base = Path(rec.read_text().strip())
+        base.mkdir(parents=True, exist_ok=True)
+        data, sock = base / "pg", base / "sock"
     env = dict(os.environ, LC_ALL="C.UTF-8")
     as_root = os.geteuid() == 0
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
         sock.mkdir(parents=True, exist_ok=True)
         if as_root:
-            for p in (state, data, sock):
-                p.chmod(p.stat().st_mode | 0o711)
+            data.parent.chmod(0o711)
             shutil.chown(data, "postgres", "postgres")
             shutil.chown(sock, "postgres", "postgres")
         _pg_run([_pg_bin("initdb"), "-D", str(data), "-U", "attnlab", "--auth=trust", "-E", "UTF8"], env)

@@ -201,7 +201,8 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
 
 def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False,
              max_concurrent: int = 0, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-             max_failures: int = 2, scheduler: str = "none", epochs: int = 1, verbose: int = 1,
+             max_failures: int = 2, scheduler: str = "none", epochs: int = 1, grace_period: Optional[int] = None,
+             verbose: int = 1,
              callbacks: Optional[list] = None) -> list[dict[str, Any]]:
     """Run ``trials`` (TrialConfig trees, each with ``name`` = trial id) as one Tune experiment.
 
@@ -224,7 +225,7 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     if scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        sched = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 8))
+        sched = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period or max(1, epochs // 8))
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, fn, resume_unfinished=True, resume_errored=True)
     else:

@@ -102,12 +102,13 @@ def test_same_name_without_resume_and_resume_after_spec_change(tmp_path, ray_hea
 
 @pytest.mark.slow
 def test_asha_stopped_trials_are_finished_tagged_and_kept_apart(tmp_path, ray_head, mlflow_server):
-    # digits at 16 px: lr 0.1 is far above chance after one epoch, lr ~1e-6 stays near it, so
-    # ASHA (rung at epoch 1, keeps the top quarter) must stop the two that come last
+    # digits at 16 px: lr 0.1 is well above chance after two epochs, lr ~1e-6 stays at it, so
+    # ASHA (a rung at epoch 2, keeps the top quarter) must stop the trials that come last
     spec = _spec(tmp_path, "asha", {"attention": ["none"], "optim.lr": [0.1, 1.0e-6, 2.0e-6, 3.0e-6]}, epochs=4,
                  base_data={"dataset": "digits", "batch_size": 64, "workers": 0, "backend": "torch",
                             "train_res": 16, "val_res": 16})
-    r = _grid(spec, tmp_path / "st", _env(ray_head, mlflow_server), "--scheduler", "asha", "--max-concurrent", "2")
+    r = _grid(spec, tmp_path / "st", _env(ray_head, mlflow_server), "--scheduler", "asha", "--grace-period", "2",
+              "--max-concurrent", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     kids = [k for k in find_runs(mlflow_server, "asha", "") if "mlflow.parentRunId" in k.data.tags]
     assert len(kids) == 4 and all(k.info.status == "FINISHED" for k in kids), \
