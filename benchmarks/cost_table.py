@@ -124,7 +124,8 @@ def build_rows(names: list[str], timing: bool, repeats: int, base_macs: int) -> 
         print(f"[cost_table] {name}", file=sys.stderr, flush=True)
         if entry.kind == "stage":
             placement = entry.default_slot + (f", every {entry.default_every}" if entry.default_every > 1 else "")
-            stages = "all" if entry.default_stages is None else ",".join(map(str, entry.default_stages))
+            stages = "all" if entry.default_stages is None else ",".join(
+                "last" if st == -1 else str(st) for st in entry.default_stages)
             row.update(placement=placement, default_stages=stages, formula=formula_check(name),
                        params_256=count_params(blocks.create(name, STAGE_CHANNELS)),
                        gmacs=stage_gmacs(name, base_macs))
@@ -193,7 +194,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             size = ""
         else:
             g = [f"whole model: {_num(r['gmacs_model'], '+.3f')}", "", "", ""]
-            params = f"+{r['params_added']:,} (whole model)"
+            params = f"{r['params_added']:+,} (whole model)"
             size = " ¹"
         note = f" ({r['note']})" if r.get("note") else ""
         lines.append(
@@ -203,7 +204,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
     lines.append("")
     lines.append(f"Stage blocks: time and peak memory of the block alone, input {stage_size} "
-                 f"(ResNet-50's stage-1 size), training mode, x requiring grad.  "
+                 f"(ResNet-50's stage-1 size), training mode, x requiring grad.  Negative GMACs "
+                 f"or params: the block replaces a layer (gsa the 3×3 convs it stands in for, "
+                 f"pyramid's classifier reads 3 × 256 = 768 features, not ResNet-50's 2048).  "
                  f"¹ Model-level rows (and the plain {BACKBONE} row): the whole {BACKBONE} at "
                  f"{MODEL_INPUT}×{MODEL_INPUT}, batch {MODEL_BATCH}.")
     return "\n".join(lines)
@@ -218,8 +221,10 @@ def machine() -> str:
                 model = m.group(1).strip()
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{model}, {os.cpu_count()} CPUs (load average {load} at the end: other jobs share "
+            f"them), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def write(out: Path, text: str) -> None:
