@@ -133,15 +133,10 @@ def spec_default_slot(kind: str) -> str | None:
 
 
 def flat_params(cfg: TrialConfig) -> dict[str, str]:
-    """MLflow params under stable dotted keys; the attention spec as ``attn.*``."""
-    from .tracking import flatten
+    """MLflow params: the dotted keys that apply to this trial (``pipeline.config.applicable_params``)."""
+    from .config import applicable_params
 
-    tree = cfg.model_dump(mode="json", exclude={"tracking", "checkpoint", "work_dir", "name", "fault", "threads"})
-    tree["model"].pop("attention", None)
-    out = flatten(tree)
-    spec = cfg.model.resolved_attention()
-    out.update(flatten({"attn": spec.as_dict() if spec else {"kind": "none"}}))
-    return out
+    return applicable_params(cfg)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[int]:
@@ -475,7 +470,9 @@ class EpochPrinter:
 def main(argv: Optional[list[str]] = None) -> int:
     from .errors import cli_exit
 
-    p = argparse.ArgumentParser(prog="python -m pipeline.train", description="Train one trial.")
+    from .errors import ArgumentParser
+
+    p = ArgumentParser(prog="python -m pipeline.train", description="Train one trial.")
     p.add_argument("--config", help="YAML trial config (see pipeline.config.TrialConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted key, e.g. optim.lr=0.05 (repeatable)")

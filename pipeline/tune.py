@@ -92,9 +92,18 @@ def node_ids_where(fn: Any, payload: Any) -> list[tuple[str, str]]:
     return [(labels[lab], lab) for lab, ok in found.items() if ok is True]
 
 
+SHOWN_FIRST = ("epoch", "val_top1", "best_top1", "train_loss", "images_per_s")
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a report, the ones Tune's console table should show first."""
+    clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {**{k: clean[k] for k in SHOWN_FIRST if k in clean}, **clean}
+
+
 def _tune_reporter():
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _numeric(metrics)
         if saved is not None:
             # Hand Tune a folder holding a copy: Tune moves it into the trial's storage.
             with tempfile.TemporaryDirectory(prefix="attnlab-ckpt-") as d:
@@ -121,13 +130,18 @@ def _tag_attempt(cfg: Any, trial_id: str) -> None:
     cfg.tracking.tags = tags
 
 
-def trainable(config: dict[str, Any]) -> None:
+def trainable(config: dict[str, Any], configs: Optional[dict[str, dict[str, Any]]] = None) -> None:
     """Ray Tune function trainable: one trial of ``pipeline.train.fit`` (or of a DDP group of
-    ``workers_per_trial`` Ray Train workers, see :func:`_ddp_trial`)."""
-    cfg = validate_trial(config["trial"])
+    ``workers_per_trial`` Ray Train workers, see :func:`_ddp_trial`).
+
+    ``config["trial"]`` is the trial's id and run name (what Tune shows and stores per trial);
+    the full trial configs come through ``configs`` (``tune.with_parameters``: the object store).
+    """
+    tree = configs[config["trial"]["id"]] if configs is not None else config["trial"]
+    cfg = validate_trial(tree)
     ctx = tune.get_context()
     if cfg.workers_per_trial > 1:
-        return _ddp_trial(config, ctx.get_trial_id())
+        return _ddp_trial({**config, "trial": tree}, ctx.get_trial_id())
     _node_local(cfg, ctx.get_trial_id())
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{ctx.get_trial_id()}-"))
     resume_from = None
@@ -187,7 +201,7 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-ddp-r{rank}-"))
 
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = _numeric(metrics)
         if saved is not None and rank == 0:
             with tempfile.TemporaryDirectory(prefix="attnlab-ckpt-") as d:
                 shutil.copy2(saved, Path(d) / CKPT_NAME)
@@ -214,11 +228,13 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     def resources(config: dict[str, Any]) -> dict[str, float]:
         # A DDP trial's own process only waits on its Ray Train workers, which ask for the
         # per-trial resources each (scheduled by Ray Train, not in this trial's bundle).
-        if int(config["trial"].get("workers_per_trial", 1)) > 1:
+        if int(configs[config["trial"]["id"]].get("workers_per_trial", 1)) > 1:
             return {"cpu": 0.01}
         return {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
 
-    fn = tune.with_resources(trainable, resources)
+    configs = {t["name"]: t for t in trials}
+    fn = tune.with_resources(tune.with_parameters(trainable, configs=configs), resources)
+    shown = [{"id": t["name"], "run": t["tracking"].get("run_name") or t["name"]} for t in trials]
     worker_res = {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial else {})}
     exp_path = storage.rstrip("/") + "/" + name
     sched = None
@@ -231,15 +247,15 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     else:
         tuner = tune.Tuner(
             fn,
-            param_space={"trial": tune.grid_search(trials), "storage": storage,
+            param_space={"trial": tune.grid_search(shown), "storage": storage,
                          "resources_per_worker": worker_res},
             tune_config=tune.TuneConfig(metric="val_top1", mode="max", max_concurrent_trials=max_concurrent or None,
                                         scheduler=sched,
                                         # a finished trial's worker process (torch and our
                                         # packages imported) starts the next trial
                                         reuse_actors=True,
-                                        trial_name_creator=lambda t: str(t.config["trial"]["name"]),
-                                        trial_dirname_creator=lambda t: str(t.config["trial"]["name"])),
+                                        trial_name_creator=lambda t: str(t.config["trial"]["id"]),
+                                        trial_dirname_creator=lambda t: str(t.config["trial"]["id"])),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=verbose, callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -249,7 +265,7 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
     results = tuner.fit()
     rows = []
     for r in results:
-        cfg = r.config["trial"] if r.config else {}
+        cfg = configs.get((r.config or {}).get("trial", {}).get("id"), {})
         m = r.metrics or {}
         status = "error" if r.error else ("diverged" if m.get("diverged") else "finished")
         rows.append({"trial": cfg.get("name"), "status": status, "best_top1": m.get("best_top1"),
