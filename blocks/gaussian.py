@@ -337,12 +337,14 @@ class _SeparableBlock(torch.autograd.Function):
                 shift = g_m / (n * l) - big_g @ y_mean  # (C',)
                 gy = torch.baddbmm(gy, big_g.expand(n, cp, cp), y).add_(shift.view(1, cp, 1))
         # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
+        # (the kernel gradients only feed σ: skipped when σ is frozen)
+        need_x, need_wv, need_kh, need_kw = ctx.needs_input_grad[:4]
         gyb = gy.view(b, h, w)
-        g_kh = torch.bmm(gyb, t.transpose(1, 2)).sum(0)  # (H, H)
+        g_kh = torch.bmm(gyb, t.transpose(1, 2)).sum(0) if need_kh else None  # (H, H)
         g_t = torch.bmm(kh.t().expand(b, h, h), gyb)  # (B, H, W)
-        g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))  # (W, W)
+        g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w)) if need_kw else None  # (W, W)
         g_v = torch.mm(g_t.view(b * h, w), kw).view(n, cp, l)  # (N, C', L)
         # V = W_v x:  dx = gz + W_vᵀ dV (one GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
-        g_x = torch.baddbmm(gz, w_v.t().expand(n, c, cp), g_v)  # (N, C, L)
-        g_wv = torch.bmm(g_v, x.transpose(1, 2)).sum(0)  # (C', C)
+        g_x = torch.baddbmm(gz, w_v.t().expand(n, c, cp), g_v) if need_x else None  # (N, C, L)
+        g_wv = torch.bmm(g_v, x.transpose(1, 2)).sum(0) if need_wv else None  # (C', C)
         return g_x, g_wv, g_kh, g_kw, g_wout, g_gamma, g_beta, None, None, None, None

@@ -336,3 +336,20 @@ def test_maps_and_registry():
     torch.testing.assert_close(dmaps["centre"], maps["centre"], atol=1e-6, rtol=0)
     assert m._maps is None  # capturing is off again
     assert math.isclose(maps["kernel_h"].sum(1)[0].item(), 1.0, rel_tol=1e-6)
+
+
+def test_fused_path_with_frozen_sigma_and_input_without_grad():
+    """Gradients that are not needed are not computed; the others are unchanged."""
+    torch.manual_seed(11)
+    m = _random_block(1.5).train()
+    ref = copy.deepcopy(m)
+    m.log_sigma.requires_grad_(False)
+    ref.log_sigma.requires_grad_(False)
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)  # no grad
+    g = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    m(x).backward(g)
+    ref.forward_reference(x).backward(g)
+    assert m.log_sigma.grad is None
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-12, msg=name)
