@@ -108,6 +108,9 @@ demo: install
 	export PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
 	$(VPY) -m infra.submit --state $(STATE) -- \
 	  python experiments/grid.py --spec $(DEMO_SPEC) --storage $(STATE)/ray_results --resume $(DEMO_ARGS)
+	@set -e; eval "$$($(VPY) -m infra.stack env --state $(STATE))"; \
+	$(VPY) -m experiments.report --grid $$($(VPY) -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' $(DEMO_SPEC)) \
+	  --out $(STATE)/report
 	@echo "Stop the local stack with: make stack-down"
 
 stack-down:

@@ -480,7 +480,8 @@ def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
     finish_parent(uri, parent_id, ok=not failed, metrics={
         "trials": len(rows), "failed": len(failed), "diverged": sum(r["status"] == "diverged" for r in rows),
         "stopped_early": sum(r["status"] == "stopped_early" for r in rows)})
-    print(f"\nMLflow runs of this grid: {ui_url(uri, experiment)}")
+    print(f"\nMLflow runs of this grid, best first: {ui_url(uri, experiment, order_by='best_top1')}")
+    print(f"report: python -m experiments.report --grid {name} --tracking-uri {uri}")
     return 1 if failed else 0
 
 

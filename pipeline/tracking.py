@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
+# view. The addresses we print (ui_url) open the training-runs table instead.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
