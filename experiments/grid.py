@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from experiments.spec import Grid, Trial, load_spec  # noqa: E402
-from pipeline.errors import ConfigError, cli_exit  # noqa: E402
+from experiments.spec import Grid, Trial, load_spec
+from pipeline.errors import ConfigError, cli_exit
 
 DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
 

@@ -17,7 +17,6 @@ Bad input (unknown grid, unreachable tracking URI, unwritable --out): one line, 
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -30,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
 
-from pipeline.errors import ConfigError, cli_exit  # noqa: E402
+from pipeline.errors import ArgumentParser, ConfigError, cli_exit
 
 DEFAULT_OUT = Path("~/attnlab-runs/reports").expanduser()
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not run at this scale")
@@ -684,7 +682,7 @@ def _writable(out: Path) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n")[0])
     p.add_argument("--grid", required=True, help="grid name (the parent run's attnlab.grid tag)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}/NAME)")

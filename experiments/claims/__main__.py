@@ -1,13 +1,12 @@
 """``python -m experiments.claims {list,validate,check,sync}`` — see experiments/claims/__init__.py."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from pipeline.errors import ConfigError, cli_exit
+from pipeline.errors import ArgumentParser, ConfigError, cli_exit
 
 from . import EXPERIMENT, check_structural, load_claims, sync
 
@@ -20,7 +19,7 @@ def _uri(arg: Optional[str]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.claims",
+    p = ArgumentParser(prog="python -m experiments.claims",
                                 description="The claims registry: published figures, checked and synced to MLflow.")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, helptext in (("list", "every claim, one line each"), ("validate", "schema check (one line per error)"),
