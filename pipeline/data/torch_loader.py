@@ -7,9 +7,12 @@
   :class:`FileLoader`: a ``torch.utils.data.DataLoader`` whose workers read bytes, decode with
   ``torchvision.io.decode_jpeg`` (libjpeg-turbo) and augment uint8 tensors the way
   ``transforms.v2`` does, but resizing channels-last (torch's uint8 antialiased kernel is about
-  twice as fast on that layout, which is also the HWC layout batches are stacked in).  Workers
-  hand back uint8 NHWC batches (a quarter of float32's bytes); the main process moves them to
-  the device, normalises there and keeps the channels_last layout.
+  twice as fast on that layout, which is also the HWC layout batches are stacked in).  For a
+  CUDA device workers hand back uint8 NHWC batches (a quarter of float32's bytes), normalised
+  on the device; for the CPU they finish the batch themselves (:class:`WorkerBatch`), so the
+  main process, which also trains, does no per-pixel work.
+
+Random choices come from :mod:`pipeline.data.keyed_random`, keyed by (seed, epoch, index).
 """
 from __future__ import annotations
 
@@ -72,9 +75,21 @@ class SampleTransform:
         self.ops = ops
         self.seed = seed
 
+    def key(self, index: int, epoch: int) -> int:
+        return kr.sample_key(kr.epoch_key(self.seed, epoch), index)
+
     def __call__(self, x: torch.Tensor, index: int = 0, epoch: int = 0) -> torch.Tensor:
-        key = kr.sample_key(kr.epoch_key(self.seed, epoch), index)
-        for op in self.ops:
+        return self.run(x, self.key(index, epoch), self.ops)
+
+    def from_file(self, path: str, index: int = 0, epoch: int = 0) -> torch.Tensor:
+        """Read, decode (libjpeg-turbo) and transform one image file."""
+        from torchvision.io import read_file
+
+        return self.run(decode(read_file(path)), self.key(index, epoch), self.ops)
+
+    @staticmethod
+    def run(x: torch.Tensor, key: int, ops) -> torch.Tensor:
+        for op in ops:
             h, w = x.shape[-2:]
             if op.kind == "rrc":
                 top, left, ch, cw = kr.rrc_window(h, w, op.scale, op.aspect, key)
@@ -116,25 +131,48 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def image_chw(self, i: int) -> torch.Tensor:
-        s = self.split
-        if s.paths is not None:
-            from torchvision.io import read_file
-
-            return decode(read_file(s.paths[i]))
-        return torch.from_numpy(np.ascontiguousarray(s.image(i))).permute(2, 0, 1)
-
     def __getitem__(self, item):
         i, epoch = item if isinstance(item, tuple) else (item, 0)  # the sampler sends (i, epoch)
-        return self.transform(self.image_chw(i), i, epoch), int(self.split.labels[i])  # HWC
+        s = self.split
+        if s.paths is not None:
+            x = self.transform.from_file(s.paths[i], i, epoch)
+        else:
+            x = self.transform(torch.from_numpy(np.ascontiguousarray(s.image(i))).permute(2, 0, 1),
+                               i, epoch)
+        return x, int(s.labels[i])  # HWC: the DataLoader stacks NHWC batches
 
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+class WorkerBatch:
+    """collate_fn that finishes CPU batches in the DataLoader workers: stack the uint8 HWC
+    samples and normalise into float32 channels_last, written straight into shared memory.
+    On 2 cores, normalising in the main process (3 passes over a float batch) took as long as
+    a worker's decoding; spread over the workers it runs in parallel."""
+
+    def __init__(self, plan: Plan):
+        self.channels_last = plan.channels_last
+        self.mean = torch.tensor([m * 255.0 for m in plan.mean]).view(1, 3, 1, 1)
+        self.inv_std = torch.tensor([1.0 / (s * 255.0) for s in plan.std]).view(1, 3, 1, 1)
+
+    def __call__(self, samples):
+        xs, ys = zip(*samples)
+        n, (h, w, c) = len(xs), xs[0].shape
+        out = torch.empty((n, h, w, c), dtype=torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            out.share_memory_()  # sent to the main process without another copy
+        torch.stack(xs, out=out)  # uint8 -> float32 as it is stacked
+        x = out.permute(0, 3, 1, 2).sub_(self.mean).mul_(self.inv_std)
+        if not self.channels_last:
+            x = x.contiguous()
+        return x, torch.tensor(ys, dtype=torch.int64)
+
+
 class FileLoader(Loader):
     backend = "torch"
+    finish_in_workers = True  # False: normalise CPU batches in the main process (benchmarks)
 
     def __init__(self, split: Split, split_plan: SplitPlan, plan: Plan, *, device, rank: int,
                  world_size: int):
@@ -144,19 +182,24 @@ class FileLoader(Loader):
         super().__init__(split_plan, plan, len(self.sampler), device)
         self.normaliser = Normaliser(plan, device)
         workers = plan.workers
+        # CPU batches are finished in the workers; CUDA ones travel as uint8 and are
+        # normalised on the device (a quarter of the bytes to copy)
+        self.in_worker = (self.finish_in_workers and workers > 0 and plan.normalize
+                          and self.device.type == "cpu")
         self.dataloader = torch.utils.data.DataLoader(
             SampleDataset(split, sample_transform(split_plan.ops, plan.seed)),
             batch_size=split_plan.batch_size, sampler=self.sampler, num_workers=workers,
             drop_last=split_plan.drop_last, pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
             worker_init_fn=_worker_init if workers > 0 else None,
+            collate_fn=WorkerBatch(plan) if self.in_worker else None,
         )
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
         self.epoch += 1
         for x, y in self.dataloader:
-            yield self.normaliser(x, y)
+            yield (x, y) if self.in_worker else self.normaliser(x, y)
 
 
 # ---------------------------------------------------------------- whole-batch path (in memory)
