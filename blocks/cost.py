@@ -34,9 +34,10 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _forward_once(model: nn.Module, input_size: tuple[int, int], channels: int = 3
+def macs_and_forms(model: nn.Module, input_size: tuple[int, int], channels: int = 3
                   ) -> tuple[int, list[dict[str, Any]]]:
-    """One eval forward on a ``(1, channels, H, W)`` zero image: (multiply-adds, forms)."""
+    """One eval forward on a ``(1, channels, H, W)`` zero image: (multiply-adds, forms) —
+    :func:`count_macs` and :func:`describe_forms` in a single pass."""
     forms: list[dict[str, Any]] = []
     block_name = {get(n).cls: n for n in names()}
 
@@ -64,7 +65,7 @@ def _forward_once(model: nn.Module, input_size: tuple[int, int], channels: int =
 
 def count_macs(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> int:
     """Multiply-adds of one forward pass on a single ``(1, channels, H, W)`` image."""
-    return _forward_once(model, input_size, channels)[0]
+    return macs_and_forms(model, input_size, channels)[0]
 
 
 def describe_forms(model: nn.Module, input_size: tuple[int, int], channels: int = 3
@@ -75,7 +76,7 @@ def describe_forms(model: nn.Module, input_size: tuple[int, int], channels: int 
     registry name (e.g. "spa"), "input": [H, W] of the block's input, "form": e.g. "folded"}`` in call order, one
     entry per call of a module with a ``form_for(h, w)`` method (module docstring).
     """
-    return _forward_once(model, input_size, channels)[1]
+    return macs_and_forms(model, input_size, channels)[1]
 
 
 def attention_params(model: nn.Module) -> int:
@@ -96,7 +97,7 @@ def model_cost(backbone: str, attention: Any = None, input_size: int | tuple[int
     hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     model = build_model(backbone, num_classes, attention=attention, small_stem=small_stem)
     base = build_model(backbone, num_classes, small_stem=small_stem)
-    (macs, forms), base_macs = _forward_once(model, hw), count_macs(base, hw)
+    (macs, forms), base_macs = macs_and_forms(model, hw), count_macs(base, hw)
     spec = model.attention_spec
     return {
         "backbone": backbone,
