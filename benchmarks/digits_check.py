@@ -33,6 +33,7 @@ artifacts) and the time spent in training epochs alone.  Exits 1 when a model mi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -77,6 +78,32 @@ def log_round_trip(uri: str, n: int = 20) -> float:
     return statistics.median(times)
 
 
+@contextlib.contextmanager
+def clocked_tracker(calls: dict[str, list[float]]):
+    """Clock every ``Tracker.log_metrics`` and ``Tracker.flush`` call (where the overhead goes)."""
+    from pipeline.tracking import Tracker
+
+    real = {name: getattr(Tracker, name) for name in calls}
+
+    def clock(name):
+        def wrapped(self, *a, **k):
+            t = time.perf_counter()
+            try:
+                return real[name](self, *a, **k)
+            finally:
+                if self.enabled:
+                    calls[name].append(time.perf_counter() - t)
+        return wrapped
+
+    for name in calls:
+        setattr(Tracker, name, clock(name))
+    try:
+        yield
+    finally:
+        for name, fn in real.items():
+            setattr(Tracker, name, fn)
+
+
 def trial_tree(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | None) -> dict:
     return {
         "model": {"backbone": "cifar_resnet20", "attention": None if attention == "none" else attention},
@@ -105,8 +132,10 @@ def run_one(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | No
                       f"val top-1 {m['val_top1']:5.1f}  lr {m['lr']:.4f}  {m['epoch_time']:.1f} s",
                       file=sys.stderr, flush=True)
 
+    calls: dict[str, list[float]] = {"log_metrics": [], "flush": []}
     t0 = time.perf_counter()
-    s = fit(cfg, reporter=reporter)
+    with clocked_tracker(calls):
+        s = fit(cfg, reporter=reporter)
     wall = time.perf_counter() - t0
     reached = next((h["epoch"] for h in history if h["val_top1"] >= a.target), None)
     return {
@@ -116,6 +145,9 @@ def run_one(attention: str, a: argparse.Namespace, work_dir: Path, uri: str | No
         "epoch_reached": reached, "epochs": s["epochs"], "wall_s": wall,
         "train_s": sum(h["epoch_time"] for h in history),
         "tracking_overhead_pct": s.get("tracking_overhead_pct", float("nan")) if uri else float("nan"),
+        # every Tracker.log_metrics / Tracker.flush call of the run (seconds): one log per epoch
+        # plus the final one; a flush before each checkpoint plus the one in finish()
+        "log_metrics_s": calls["log_metrics"], "flush_s": calls["flush"],
         "first_loss": history[0]["train_loss"] if history else float("nan"),
         "last_loss": history[-1]["train_loss"] if history else float("nan"),
         "run_id": s["run_id"],
@@ -203,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ResNet-20 on digits; recipe {json.dumps(recipe)}; torch {torch.__version__}")
         print(table(rows, a.target))
         if uri is not None:
-            print(f"tracking: {tracking}; synchronous one-metric log_batch round trip {1000 * round_trip:.0f} ms "
+            print(f"tracking: {tracking}; one-metric log_batch + flush round trip {1000 * round_trip:.0f} ms "
                   f"(median of 20)")
+            for r in rows:
+                lm, fl = r["log_metrics_s"], r["flush_s"]
+                print(f"  {r['model']}: Tracker.log_metrics {len(lm)} calls, median {1000 * statistics.median(lm):.1f} ms; "
+                      f"Tracker.flush {len(fl)} calls, median {1000 * statistics.median(fl):.1f} ms, "
+                      f"max {1000 * max(fl):.1f} ms")
     return 0 if all(r["best_top1"] >= a.target and r["status"] == "finished" for r in rows) else 1
 
 

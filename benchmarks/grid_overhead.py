@@ -89,7 +89,7 @@ def bench_expand(n_ratios: int) -> tuple[int, float]:
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        g = grid_from_tree(tree)
+        g = grid_from_tree(tree, max_trials=10 * n_ratios + 2)
         times.append(time.perf_counter() - t0)
     return len(g.trials), statistics.median(times)
 
@@ -110,8 +110,9 @@ class _Clock:
         self.out[self.label] = (w + time.perf_counter() - self.w, c + time.process_time() - self.c)
 
 
-def _time_calls(out: dict[str, Any]) -> None:
-    """Wrap the functions of STEPS so that their first calls are clocked (same process)."""
+def _time_calls(sink: list[dict[str, Any]]) -> None:
+    """Wrap the functions of STEPS so that each call is clocked into ``sink[0]`` (summed over
+    calls; a call inside another call of the same function is not counted twice)."""
     import functools
     import importlib
 
@@ -119,12 +120,17 @@ def _time_calls(out: dict[str, Any]) -> None:
         owner = getattr(importlib.import_module(mod), attr) if meth else importlib.import_module(mod)
         name = meth or attr
         fn = getattr(owner, name)
+        depth = [0]
 
-        def wrapped(*a, _fn=fn, _label=label, **k):
-            if _label in out:  # nested or repeated calls: clock the first one only
+        def wrapped(*a, _fn=fn, _label=label, _depth=depth, **k):
+            if _depth[0]:
                 return _fn(*a, **k)
-            with _Clock(out, _label):
-                return _fn(*a, **k)
+            _depth[0] += 1
+            try:
+                with _Clock(sink[0], _label):
+                    return _fn(*a, **k)
+            finally:
+                _depth[0] -= 1
 
         setattr(owner, name, functools.wraps(fn)(wrapped))
 
@@ -141,8 +147,10 @@ def startup_child(tracking: dict[str, Any], work_dir: str, profile_out: Optional
     from pipeline.config import validate_trial
     from pipeline.train import fit
 
-    steps: dict[str, Any] = {}
-    _time_calls(steps)
+    first: dict[str, Any] = {}
+    later: dict[str, Any] = {}
+    sink = [first]
+    _time_calls(sink)
     cfg = validate_trial(smoke_tree(0, tracking, work_dir))
     prof = None
     if profile_out:
@@ -155,14 +163,14 @@ def startup_child(tracking: dict[str, Any], work_dir: str, profile_out: Optional
     if prof is not None:
         prof.disable()
         prof.dump_stats(profile_out)
-    out["  of which"] = steps
-    later = []
-    for i in range(1, 4):  # a reused worker: the same start again
+    out["  of which (first start)"] = first
+    sink[0] = later
+    n = 3
+    for i in range(1, n + 1):  # a reused worker: the same start again
         cfg = validate_trial(smoke_tree(i, tracking, work_dir))
-        t = time.perf_counter()
-        fit(cfg, stop_after=0)
-        later.append(time.perf_counter() - t)
-    out["fit start again in the same process (3 trials), wall"] = later
+        with _Clock(later, "fit start (stop_after=0)"):
+            fit(cfg, stop_after=0)
+    out[f"a later trial in the same process (mean of {n})"] = {k: (w / n, c / n) for k, (w, c) in later.items()}
     return out
 
 
@@ -182,26 +190,30 @@ def bench_startup(tracking: dict[str, Any], work_dir: str, profile_out: Optional
 
 # -- 3. Tune ------------------------------------------------------------------------------------
 
-def _timed_trainable(config: dict[str, Any]) -> None:
-    """pipeline.tune.trainable, plus two timestamps written next to the grid's storage."""
-    entered = time.time()
+def _timed_trainable(config: dict[str, Any], configs: Optional[dict[str, Any]] = None) -> None:
+    """pipeline.tune.trainable (same arguments), plus timestamps written next to the grid's storage."""
+    entered, cpu_entered = time.time(), time.process_time()
     from ray import tune
+
+    import psutil  # a Ray dependency
 
     import pipeline.train as train_mod
     import pipeline.tune as tune_mod
 
-    rec = {"trial": tune.get_context().get_trial_id(), "name": config["trial"]["name"], "pid": os.getpid(),
-           "entered": entered, "imported": time.time()}
+    tree = configs[config["trial"]["id"]] if configs is not None else config["trial"]
+    rec = {"trial": tune.get_context().get_trial_id(), "name": tree["name"], "pid": os.getpid(),
+           "entered": entered, "imported": time.time(), "cpu_entered": cpu_entered,
+           "process_started": psutil.Process().create_time()}
     real = train_mod.Trial.train_epoch
 
     def train_epoch(self, epoch):
         if "first_epoch" not in rec:
-            rec["first_epoch"] = time.time()
+            rec["first_epoch"], rec["cpu_first_epoch"] = time.time(), time.process_time()
         return real(self, epoch)
 
     train_mod.Trial.train_epoch = train_epoch
     try:
-        tune_mod.trainable(config)
+        tune_mod.trainable(config) if configs is None else tune_mod.trainable(config, configs=configs)
     finally:
         train_mod.Trial.train_epoch = real
         with open(Path(config["storage"]) / "timestamps.jsonl", "a") as f:
@@ -251,7 +263,15 @@ def bench_tune(n: int, cpus: int, tracking: dict[str, Any], storage: str) -> lis
                     "start_to_entry_s": r["entered"] - started[tid],
                     "entry_to_first_epoch_s": r["first_epoch"] - r["entered"],
                     "start_to_first_epoch_s": r["first_epoch"] - started[tid],
-                    "start_to_first_result_s": first_result[tid] - started[tid]})
+                    "start_to_first_result_s": first_result[tid] - started[tid],
+                    # first trial of a worker: the worker process started before Tune marked
+                    # the trial started; this counts from the process start instead
+                    "process_start_to_first_epoch_s": r["first_epoch"] - r["process_started"]
+                    if r["pid"] not in seen else None,
+                    # CPU seconds of the worker process: since it started (first trial of a
+                    # worker: process start, imports, set-up) or since the trainable was entered
+                    "worker_cpu_to_first_epoch_s": r["cpu_first_epoch"] - (0.0 if r["pid"] not in seen
+                                                                           else r["cpu_entered"])})
         seen.add(r["pid"])
     return out
 
@@ -309,8 +329,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                         say(f"  {k}:")
                         for kk, (w, c) in v.items():
                             say(f"    {kk:68s} {w:6.2f} / {c:5.2f}")
-                    elif isinstance(v, list) and isinstance(v[0], float) and len(v) == 3:
-                        say(f"  {k}: " + ", ".join(f"{x:.2f}" for x in v))
                     else:
                         say(f"  {k:70s} {v[0]:6.2f} / {v[1]:5.2f}")
             if not a.skip_tune:
@@ -318,19 +336,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                 out["tune"] = rows
                 say(f"tune: {len(rows)} trials, {a.cpus} at a time, reuse_actors on (s):")
                 say("| trial | worker pid | first of its worker | queued | start → trainable | trainable → "
-                    "first epoch | start → first epoch | start → first result |")
-                say("|---|---:|---|---:|---:|---:|---:|---:|")
+                    "first epoch | start → first epoch | start → first result | worker process start → first "
+                    "epoch | worker CPU s to first epoch |")
+                say("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
                 for r in rows:
                     say(f"| {r['name']} | {r['pid']} | {'yes' if r['first_of_worker'] else 'no'} | {r['queued_s']:.2f} | "
                         f"{r['start_to_entry_s']:.2f} | {r['entry_to_first_epoch_s']:.2f} | "
-                        f"{r['start_to_first_epoch_s']:.2f} | {r['start_to_first_result_s']:.2f} |")
+                        f"{r['start_to_first_epoch_s']:.2f} | {r['start_to_first_result_s']:.2f} | "
+                        + (f"{r['process_start_to_first_epoch_s']:.2f}" if r["first_of_worker"] else "-")
+                        + f" | {r['worker_cpu_to_first_epoch_s']:.2f} |")
                 summary = {}
                 for label, first in (("first trial of a worker", True), ("later trials (reused worker)", False)):
-                    sel = [r["start_to_first_epoch_s"] for r in rows if r["first_of_worker"] == first]
+                    sel = [r for r in rows if r["first_of_worker"] == first]
                     if sel:
-                        summary[label] = {"n": len(sel), "median_s": statistics.median(sel), "max_s": max(sel)}
-                        say(f"  {label}: start → first epoch median {statistics.median(sel):.2f} s, "
-                            f"max {max(sel):.2f} s ({len(sel)} trials)")
+                        wall = [r["process_start_to_first_epoch_s" if first else "start_to_first_epoch_s"] for r in sel]
+                        cpu = [r["worker_cpu_to_first_epoch_s"] for r in sel]
+                        summary[label] = {"n": len(sel), "median_s": statistics.median(wall), "max_s": max(wall),
+                                          "median_worker_cpu_s": statistics.median(cpu)}
+                        say(f"  {label}: {'worker process start' if first else 'trial start'} → first epoch median {statistics.median(wall):.2f} s, "
+                            f"max {max(wall):.2f} s; worker CPU median {statistics.median(cpu):.2f} s "
+                            f"({len(sel)} trials)")
                 out["tune_summary"] = summary
         finally:
             if "uri" in tracking:
