@@ -89,10 +89,10 @@ def estimate(grid: Grid, tflops: float) -> list[dict[str, Any]]:
     and where that figure comes from (``images_from``), and accelerator-hours at ``tflops``
     effective.  Each distinct model is built once; nothing touches the data beyond counting."""
     from blocks import build_model
-    from blocks.cost import count_macs
+    from blocks.cost import macs_and_forms
     from pipeline.config import DataConfig
 
-    cache: dict[str, float] = {}
+    cache: dict[str, tuple[float, str]] = {}
     sizes: dict[str, tuple[int, str]] = {}
     rows = []
     for t in grid.trials:
@@ -104,7 +104,9 @@ def estimate(grid: Grid, tflops: float) -> list[dict[str, Any]]:
         if key not in cache:
             m = build_model(c["model"]["backbone"], classes, attention=c["model"]["attention"],
                             small_stem=c["model"]["small_stem"])
-            cache[key] = count_macs(m, (res, res)) / 1e9
+            macs, forms = macs_and_forms(m, (res, res))
+            # the computation form a shape-dependent block (SPA) runs at this size, per call
+            cache[key] = (macs / 1e9, ",".join(sorted({f"{f['block']}:{f['form']}" for f in forms})))
         dkey = json.dumps(c["data"], sort_keys=True, default=str)
         if dkey not in sizes:
             try:
@@ -112,9 +114,10 @@ def estimate(grid: Grid, tflops: float) -> list[dict[str, Any]]:
             except ConfigError as e:  # name the spec line the root comes from
                 raise ConfigError(f"{grid.where('data.root')}: {e}") from None
         (n, source), epochs = sizes[dkey], c["optim"]["epochs"]
-        flops = 3 * 2 * cache[key] * 1e9 * n * epochs  # fwd + bwd ≈ 3 forwards; 2 FLOPs per MAC
-        rows.append({"trial": t.id, "gmacs": cache[key], "images": n, "images_from": source, "epochs": epochs,
-                     "accel_hours": flops / (tflops * 1e12) / 3600})
+        gmacs, forms = cache[key]
+        flops = 3 * 2 * gmacs * 1e9 * n * epochs  # fwd + bwd ≈ 3 forwards; 2 FLOPs per MAC
+        rows.append({"trial": t.id, "gmacs": gmacs, "forms": forms, "images": n, "images_from": source,
+                     "epochs": epochs, "accel_hours": flops / (tflops * 1e12) / 3600})
     return rows
 
 
@@ -123,9 +126,10 @@ def print_table(grid: Grid, est: list[dict[str, Any]], tflops: float) -> None:
     for t in grid.trials:
         keys += [k for k in t.coords if k not in keys and k != "seed"]
     keys.append("seed")
-    head = ["trial"] + keys + ["GMACs", "acc-h"]
+    with_forms = any(e.get("forms") for e in est)
+    head = ["trial"] + keys + ["GMACs", "acc-h"] + (["form"] if with_forms else [])
     body = [[t.id] + [_cell(t.coords.get(k, "")) for k in keys] + [f"{e['gmacs']:.3f}", f"{e['accel_hours']:.3g}"]
-            for t, e in zip(grid.trials, est)]
+            + ([e.get("forms") or ""] if with_forms else []) for t, e in zip(grid.trials, est)]
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
     for r in [head] + body:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
@@ -264,6 +268,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `grid.py --dry-run | head` ends quietly
     a = parse_args(argv)
     try:
         grid = load_spec(a.spec, max_trials=a.max_trials)

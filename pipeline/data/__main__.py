@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="beton: FFCV files; jpeg: a resized JPEG copy for the torch backend "
                         "(data.jpeg_dir)")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--on-cluster", action="store_true",
+                   help="run the write as a Ray task on a node of the cluster in RAY_ADDRESS that has --root "
+                        "(--out: a folder on the cluster's shared storage)")
     g = w.add_argument_group("synthetic dataset")
     g.add_argument("--num-classes", type=int)
     g.add_argument("--image-size", type=int)
@@ -165,6 +168,24 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.errors import cli_exit
 
+    if args.cmd == "write" and args.on_cluster:
+        from pathlib import Path
+
+        from .on_cluster import write_on_cluster
+
+        raw = list(sys.argv[1:] if argv is None else argv)
+        here = [a for a in raw if a != "--on-cluster"]
+        try:  # paths as the user typed them are relative to this machine's working directory
+            for i, item in enumerate(here):
+                for flag in ("--root", "--out"):
+                    if item == flag and i + 1 < len(here):
+                        here[i + 1] = str(Path(here[i + 1]).expanduser().absolute())
+                    elif item.startswith(flag + "="):
+                        here[i] = f"{flag}={Path(item[len(flag) + 1:]).expanduser().absolute()}"
+            return write_on_cluster(here, str(Path(args.root).expanduser().absolute()) if args.root else None,
+                                    cpus=float(args.workers or 1))
+        except ValueError as e:
+            cli_exit(e)
     if args.cmd == "write":
         signal.signal(signal.SIGTERM, _terminate)
     try:
