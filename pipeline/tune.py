@@ -271,3 +271,184 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
         rows.append({"trial": cfg.get("name"), "status": status, "best_top1": m.get("best_top1"),
                      "final_top1": m.get("val_top1"), "epochs": m.get("epoch"), "error": str(r.error).splitlines()[0] if r.error else None})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# searches (experiments/search.py): Optuna's define-by-run sampler through Tune's OptunaSearch
+# ---------------------------------------------------------------------------------------------
+
+from ray.tune.search.optuna import OptunaSearch as _OptunaSearch  # noqa: E402
+
+SEARCH_STATUS = "attnlab.status"  # an Optuna user attribute of each trial, as on its MLflow run
+
+
+def search_status(result: Optional[dict[str, Any]], error: bool = False) -> str:
+    """How a search trial ended, from its last result: failed | diverged | stopped_early | finished."""
+    if error or not result:
+        return "failed"
+    if result.get("diverged"):
+        return "diverged"
+    if result.get("epoch") is not None and result.get("max_epochs") is not None \
+            and result["epoch"] < result["max_epochs"]:
+        return "stopped_early"
+    return "finished"
+
+
+class AttnlabOptunaSearch(_OptunaSearch):
+    """Ray's ``OptunaSearch``, telling Optuna how a trial ended: a trial the scheduler stopped
+    early is PRUNED (its intermediate values stay; its truncated score is not a final value),
+    and each Optuna trial carries ``attnlab.status`` and Tune's trial id as user attributes."""
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        status = search_status(result, error)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            try:
+                ot_trial.set_user_attr(SEARCH_STATUS, status)
+                ot_trial.set_user_attr("attnlab.tune_trial_id", trial_id)
+            except Exception:  # noqa: BLE001 - an attribute is not worth losing the result
+                pass
+        if status == "stopped_early":
+            result = None  # no value, no error: Optuna records it PRUNED
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def trial_gmacs(cfg: Any) -> float:
+    """GMACs per image of a trial's model at its evaluation resolution (as ``fit`` counts them)."""
+    from blocks import build_model
+    from blocks.cost import count_macs
+
+    res = cfg.data.resolutions()[1]
+    classes = cfg.model.num_classes or cfg.data.num_classes() or 1000
+    m = build_model(cfg.model.backbone, classes, attention=cfg.model.attention, small_stem=cfg.model.small_stem)
+    return count_macs(m, (res, res)) / 1e9
+
+
+def search_trainable(config: dict[str, Any], context: Optional[dict[str, Any]] = None) -> None:
+    """One trial of a search (Tune function trainable).
+
+    ``config`` holds the sampled point (Optuna's parameter names) and ``optuna_trial``, its
+    number in the study; ``context`` (``tune.with_parameters``) the search itself
+    (:class:`pipeline.search.Search`: base + space), the tracking target and the parent run.
+    The point becomes a trial config (the base + the point, validated as any trial); the
+    trial's child run is found or made under the parent (keyed ``t<number>``: a retried trial
+    keeps its run); then ``fit`` runs exactly as in a grid, reporting each epoch to Tune with
+    the trial's GMACs and planned epochs (for the gmacs objective, and to tell a trial the
+    scheduler stopped from one that ran its course).
+    """
+    from .tracking import ensure_child_runs
+    from .train import run_name
+
+    search = context["search"]
+    number = int(config["optuna_trial"])
+    point = {k: config[k] for k in ["attention", *[d.name for d in search.dims]] if k in config}
+    key = f"t{number:04d}"
+    tree = search.tree(point)
+    tree["name"] = key
+    cfg = validate_trial(tree, source=f"search trial {key}")
+    tracking = tree.setdefault("tracking", {})
+    if cfg.tracking.enabled and context.get("uri"):
+        name = f"#{number} {run_name(cfg)}"
+        tags = {"attnlab.search": context["name"], "attnlab.optuna_trial": str(number),
+                **{f"point.{k}": str(v)[:250] for k, v in point.items()}, **context.get("tags", {})}
+        run_id = ensure_child_runs(context["uri"], context["experiment"], context["parent_run_id"],
+                                   [(key, name, tags)])[key]
+        tracking.update({"uri": context["uri"], "experiment": context["experiment"], "run_id": run_id,
+                         "parent_run_id": context["parent_run_id"], "run_name": name,
+                         "tags": {**tracking.get("tags", {}), **tags, "attnlab.trial": key}})
+        cfg = validate_trial(tree, source=f"search trial {key}")
+    ctx = tune.get_context()
+    if cfg.workers_per_trial > 1:
+        return _ddp_trial({"trial": cfg.model_dump(mode="json"), "storage": context["storage"],
+                           "resources_per_worker": context.get("resources_per_worker")}, ctx.get_trial_id())
+    extra = {"gmacs": trial_gmacs(cfg), "max_epochs": float(cfg.optim.epochs), "optuna_trial": float(number)}
+    base_report = _tune_reporter()
+
+    def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
+        base_report({**metrics, **extra}, saved)
+
+    _node_local(cfg, ctx.get_trial_id())
+    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{ctx.get_trial_id()}-"))
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory())
+        if (local / CKPT_NAME).exists():
+            resume_from = local / CKPT_NAME
+    _tag_attempt(cfg, ctx.get_trial_id())
+    fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Trials the cluster can run at once with these per-trial resources (at least 1)."""
+    res = ray.cluster_resources()
+    n = int(res.get("CPU", 1) // max(cpus_per_trial, 1e-9))
+    if gpus_per_trial:
+        n = min(n, int(res.get("GPU", 0) // gpus_per_trial))
+    return max(n, 1)
+
+
+def run_search(space: Any, *, sampler: Any, study_storage: Any, study_name: str, metrics: list[str],
+               modes: list[str], num_samples: int, context: dict[str, Any], storage: str, session: str,
+               max_concurrent: int = 0, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+               max_failures: int = 2, scheduler: str = "asha", epochs: int = 1,
+               grace_period: Optional[int] = None, verbose: int = 1) -> list[dict[str, Any]]:
+    """Run ``num_samples`` new trials of an Optuna study as one Tune experiment.
+
+    ``space`` is the define-by-run function (:class:`pipeline.search.SpaceFn`), ``sampler``
+    the Optuna sampler, ``study_storage`` Optuna's storage holding the study ``study_name``
+    (created beforehand: ``OptunaSearch`` loads it, so a resumed search adds trials to the same
+    study). ``metrics``/``modes``: the objectives (two for a Pareto search). Trials run at most
+    ``max_concurrent`` at once (``ConcurrencyLimiter``; 0: as the cluster's resources allow);
+    ``scheduler="asha"`` stops trials early on per-epoch ``val_top1``.  Each session is its own
+    Tune experiment ``<storage>/<study_name>/<session>``.
+
+    Returns one row per trial: ``{"trial": "t<number>", "number", "status", metrics...}``.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    searcher = AttnlabOptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
+                                   mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
+                                   study_name=study_name, storage=study_storage)
+    limit = max_concurrent or default_concurrency(cpus_per_trial, gpus_per_trial)
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=limit)
+    sched = None
+    if scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        sched = ASHAScheduler(metric="val_top1", mode="max", time_attr="epoch", max_t=epochs,
+                              grace_period=grace_period or max(1, epochs // 8))
+    workers = int(context["search"].base.get("workers_per_trial") or 1)
+    res = {"cpu": 0.01} if workers > 1 else {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    context = {**context, "storage": storage,
+               "resources_per_worker": {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial else {})}}
+    fn = tune.with_resources(tune.with_parameters(search_trainable, context=context), res)
+
+    def trial_name(t: Any) -> str:
+        return f"t{int(t.config['optuna_trial']):04d}"
+
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=sched, num_samples=num_samples,
+                                    reuse_actors=True, trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(name=session, storage_path=storage.rstrip("/") + "/" + study_name,
+                                  verbose=verbose, failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    results = tuner.fit()
+    rows = []
+    for r in results:
+        c = r.config or {}
+        if "optuna_trial" not in c:
+            continue
+        m = r.metrics or {}
+        number = int(c["optuna_trial"])
+        status = search_status(m, error=r.error is not None)
+        rows.append({"trial": f"t{number:04d}", "number": number, "status": status,
+                     "best_top1": m.get("best_top1"), "final_top1": m.get("val_top1"), "gmacs": m.get("gmacs"),
+                     "epochs": m.get("epoch"), "tune_trial_id": m.get("trial_id"),
+                     "error": str(r.error).splitlines()[0] if r.error else None})
+    return sorted(rows, key=lambda r: r["number"])

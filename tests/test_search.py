@@ -1,0 +1,235 @@
+"""Searches (experiments/search.py): bad specs are one-line errors before anything runs; a real
+search on a real Ray head and a real MLflow server prunes with ASHA, resumes its Optuna study
+without re-running a trial, and with two objectives yields a Pareto front."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+DIGITS = {"dataset": "digits", "batch_size": 64, "workers": 0, "backend": "torch", "train_res": 16, "val_res": 16}
+
+
+def _spec(tmp_path, name="s", epochs=3, **over):
+    spec = {"name": name,
+            "base": {"model": {"backbone": "cifar_resnet20"}, "data": DIGITS,
+                     "optim": {"epochs": epochs, "lr": 0.1, "warmup_epochs": 0}, "threads": 1},
+            "trials": 6, "sampler": {"seed": 0, "n_startup_trials": 3},
+            "space": {"attention": {"choices": ["none", {"kind": "spa", "stages": [1]},
+                                                {"kind": "gaussian", "stages": [1]}]},
+                      "topk_ratio": {"low": 0.0625, "high": 0.5, "log": True},
+                      "radius": {"choices": [1, 2]},
+                      "optim.lr": {"low": 1.0e-5, "high": 0.3, "log": True},
+                      "optim.weight_decay": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
+                      "optim.label_smoothing": {"low": 0.0, "high": 0.2}}}
+    spec.update(over)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# bad specs: one line each, file:line, exit 2, nothing run
+# ---------------------------------------------------------------------------------------------
+
+BAD = [
+    ("optim.lr:\n    low: 0.1\n    high: 0.1", "optim.lr", "empty range"),
+    ("optim.lr:\n    low: 0.3\n    high: 0.1", "optim.lr", "low (0.3) > high (0.1)"),
+    ("optim.lr:\n    low: 0.0\n    high: 0.1\n    log: true", "optim.lr", "a log range needs low > 0"),
+    ("heads:\n    choices: [1, 2]", "heads", "no attention of this search takes parameter 'heads'"),
+    ("optim.lr:\n    low: 0.01\n    high: 0.1\n    lg: true", "lg", "space.optim.lr.lg: unknown key"),
+    ("optim.lr:\n    choices: []", "optim.lr", "empty choices"),
+    ("optim.label_smoothing:\n    low: 0.0\n    high: 1.5", "optim.label_smoothing", "1.5"),
+    ("optim.lrr:\n    low: 0.01\n    high: 0.1", "optim.lrr", "space.optim.lrr: unknown trial-config key"),
+]
+
+
+def _write_bad(tmp_path, dim_text, extra=""):
+    text = ("name: bad\nbase:\n  model: {backbone: cifar_resnet20}\n  data: {dataset: digits}\n"
+            f"{extra}space:\n  attention:\n    choices: [spa]\n  {dim_text}\n")
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p, text
+
+
+def _run_main(argv, capsys):
+    from experiments import search
+
+    with pytest.raises(SystemExit) as e:
+        search.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dim_text,key,msg", BAD)
+def test_bad_dimension_is_one_line_with_its_line(tmp_path, capsys, dim_text, key, msg):
+    p, text = _write_bad(tmp_path, dim_text)
+    code, err = _run_main(["--spec", str(p), "--check"], capsys)
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    want = next(i for i, t in enumerate(text.splitlines(), 1) if t.strip().startswith(key + ":"))
+    assert f"{p}:{want}:" in line and msg in line, line
+
+
+@pytest.mark.parametrize("extra,want_key,msg", [
+    ("sampler: {seed: 0, n_startup: 3}\n", "sampler", "sampler.n_startup: unknown key"),
+    ("sampler: {multivariate: false}\n", "sampler", "group: true needs multivariate: true"),
+    ("trails: 5\n", "trails", "trails: unknown key"),
+    ("objective: [top1, latency]\n", "objective", "unknown 'latency'"),
+])
+def test_bad_top_level_is_one_line(tmp_path, capsys, extra, want_key, msg):
+    p, text = _write_bad(tmp_path, "optim.lr: {low: 0.01, high: 0.1}", extra)
+    code, err = _run_main(["--spec", str(p), "--check"], capsys)
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    want = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(want_key + ":"))
+    assert f"{p}:{want}:" in line and msg in line, line
+
+
+def test_every_problem_at_once_and_usage_errors(tmp_path, capsys):
+    p, _ = _write_bad(tmp_path, "optim.lr: {low: 0.3, high: 0.1}\n  radius: {choices: [1]}")
+    code, err = _run_main(["--spec", str(p), "--check"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 2, err
+    code, err = _run_main(["--spec", str(p), "--objective", "gmacs,params"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 2 and "--objective" in err  # one line + --help hint
+
+
+def test_space_is_conditional_on_the_block(tmp_path):
+    """Define-by-run: topk_ratio only with spa, radius only with gaussian, the recipe always;
+    every sampled point is a valid trial config."""
+    import optuna  # the test drives the sampler directly
+
+    from pipeline.search import SpaceFn, load_search, make_sampler
+
+    search = load_search(_spec(tmp_path))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(search.spec.sampler))
+    fn = SpaceFn(search)
+    seen = set()
+    for _ in range(30):
+        t = study.ask()
+        fn(t)
+        kind = t.params["attention"]
+        seen.add(kind)
+        assert ("spa.topk_ratio" in t.params) == (kind == "spa")
+        assert ("gaussian.radius" in t.params) == (kind == "gaussian")
+        assert {"optim.lr", "optim.weight_decay", "optim.label_smoothing"} <= set(t.params)
+        cfg = search.config(t.params)
+        assert (cfg.model.attention or {}).get("kind", "none") == kind
+        study.tell(t, float(len(seen)))
+        if len(seen) == 3:
+            break
+    assert seen == {"none", "spa", "gaussian"}
+
+
+# ---------------------------------------------------------------------------------------------
+# real searches: a real Ray head, a real MLflow server
+# ---------------------------------------------------------------------------------------------
+
+def _env(ray_head, uri):
+    env = dict(os.environ, **ray_head["env"])
+    env.update({"RAY_ADDRESS": ray_head["address"], "MLFLOW_TRACKING_URI": uri})
+    return env
+
+
+def _search(spec, storage, env, *extra, timeout=1200):
+    return subprocess.run([PY, str(ROOT / "experiments" / "search.py"), "--spec", str(spec), "--storage", str(storage),
+                           "--cpus-per-trial", "1", "--max-concurrent", "2", *extra],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _runs(uri, experiment):
+    from pipeline.tracking import find_runs
+
+    runs = find_runs(uri, experiment, "")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_search_prunes_resumes_and_tracks(tmp_path, ray_head, mlflow_server):
+    from pipeline.search import study_rows
+    from pipeline.tracking import list_artifacts
+
+    env = _env(ray_head, mlflow_server)
+    spec = _spec(tmp_path, "srch")
+    storage = tmp_path / "st"
+    r = _search(spec, storage, env, "--grace-period", "1")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    url = f"sqlite:///{storage / 'srch' / 'study.db'}"
+    first = study_rows("srch", url)
+    assert len(first) == 6
+    assert all(t["state"] in ("COMPLETE", "PRUNED") for t in first), first
+    pruned = [t for t in first if t["state"] == "PRUNED"]
+    assert pruned and all(t["status"] == "stopped_early" for t in pruned), first
+    for t in first:  # conditional parameters
+        kind = t["params"]["attention"]
+        assert ("spa.topk_ratio" in t["params"]) == (kind == "spa")
+        assert ("gaussian.radius" in t["params"]) == (kind == "gaussian")
+
+    (parent,), kids = _runs(mlflow_server, "srch")
+    assert parent.data.tags["attnlab.kind"] == "search" and parent.data.tags["attnlab.search"] == "srch"
+    assert parent.info.status == "FINISHED"
+    assert len(kids) == 6 and {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent.info.run_id}
+    assert all(k.info.status in ("FINISHED", "FAILED") for k in kids)
+    stopped = [k for k in kids if k.data.tags.get("attnlab.status") == "stopped_early"]
+    assert len(stopped) == len(pruned) and all(k.info.status == "FINISHED" for k in stopped)
+    assert {"best_config.json", "spec.yaml", "trials.json"} <= set(list_artifacts(mlflow_server, parent.info.run_id))
+    assert all(t["run_id"] for t in first)
+
+    # the same name again without --resume: refused, one line, nothing run
+    r = _search(spec, storage, env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "--resume" in line
+
+    # --resume to 8 trials: two new trials in the same study, none of the six re-run
+    r = _search(spec, storage, env, "--resume", "--trials", "8", "--grace-period", "1")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    second = study_rows("srch", url)
+    assert len(second) == 8
+    assert [(t["number"], t["params"], t["state"], t["values"]) for t in second[:6]] == \
+           [(t["number"], t["params"], t["state"], t["values"]) for t in first]
+    (parent2,), kids = _runs(mlflow_server, "srch")
+    assert parent2.info.run_id == parent.info.run_id
+    assert len(kids) == 8 and all(k.info.status in ("FINISHED", "FAILED") for k in kids)
+    trials = sorted(int(k.data.tags["attnlab.optuna_trial"]) for k in kids)
+    assert trials == list(range(8))
+    sessions = sorted(p.name for p in (storage / "srch").iterdir() if p.name.startswith("session-"))
+    assert len(sessions) == 2
+    ran_second = sorted(p.name for p in (storage / "srch" / sessions[1]).iterdir() if p.name.startswith("t0"))
+    assert ran_second == ["t0006", "t0007"]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_objectives_give_a_pareto_front(tmp_path, ray_head, mlflow_server):
+    from pipeline.search import completed, study_rows
+    from pipeline.tracking import list_artifacts
+
+    env = _env(ray_head, mlflow_server)
+    spec = _spec(tmp_path, "pareto", epochs=1, trials=4,
+                 sampler={"seed": 1, "n_startup_trials": 4})
+    storage = tmp_path / "st"
+    r = _search(spec, storage, env, "--objective", "top1,gmacs", "--scheduler", "none")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "Pareto front" in r.stdout
+    png = storage / "pareto" / "pareto.png"
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    (parent,), kids = _runs(mlflow_server, "pareto")
+    assert {"pareto.png", "pareto.md", "pareto.json", "best_config.json"} <= set(list_artifacts(mlflow_server, parent.info.run_id))
+    front = json.loads((storage / "pareto" / "pareto.json").read_text())
+    rows = completed(study_rows("pareto", f"sqlite:///{storage / 'pareto' / 'study.db'}"))
+    assert front and len(rows) == 4
+    for f in front:  # no completed trial dominates a front row (top1 up, gmacs down)
+        t1, g = f["values"]
+        assert not any(o["values"][0] >= t1 and o["values"][1] <= g and o["values"] != f["values"] for o in rows)
+    for o in rows:  # and every trial off the front is dominated by a front row
+        if o["number"] not in {f["number"] for f in front}:
+            assert any(f["values"][0] >= o["values"][0] and f["values"][1] <= o["values"][1] for f in front)
+    assert all(k.data.metrics.get("gmacs") for k in kids)
