@@ -122,8 +122,16 @@ def _parse_value(text: str) -> Any:
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit 2 (``blocks`` imports nothing of ``pipeline``, so it
+    does not share ``pipeline.errors.ArgumentParser``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n(run {self.prog} --help for usage)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blocks.cost", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m blocks.cost", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", required=True, help=f"one of: {', '.join(backbone_names())}")
     p.add_argument("--attention", default=None, help="block name (default: none)")
     p.add_argument("--stages", default=None, help="e.g. 1,2,3,4 (default: the paper's)")

@@ -20,9 +20,11 @@ names only the block gets the paper's insertion.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
+import types
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union, get_args, get_origin
 
 import torch
 import torch.nn as nn
@@ -146,6 +148,9 @@ def validate(name: str, params: dict[str, Any]) -> None:
     (e.g. ``topk_ratio`` in (0, 1], ``radius`` > 0), run once on a small instance and cached.
     """
     check_params(name, params)
+    wrong = param_type_problems(name, params)
+    if wrong:
+        raise ValueError("; ".join(f"{k}: {why}" for k, why in wrong))
     if get(name).kind != "stage":
         return
     try:
@@ -160,6 +165,54 @@ def validate(name: str, params: dict[str, Any]) -> None:
 
 
 _VALID: set[tuple[str, str]] = set()
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has the type a block constructor declares (strict: a bool is not a
+    number, a string is not a number, a float must be finite; ints are accepted for floats)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    for t in options:
+        if t is type(None):
+            ok = value is None
+        elif t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif t is str:
+            ok = isinstance(value, str)
+        else:  # a type this check does not know: the block's constructor decides
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+def _describe(annotation: Any) -> str:
+    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}
+    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in options)
+
+
+def param_type_problems(kind: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(param, problem)`` for each block parameter whose value has the wrong type, checked
+    against the block constructor's annotations before the constructor runs (whose own checks
+    would fail with "'>' not supported between 'str' and 'int'").  Unknown kinds and unknown
+    parameter names are left to ``blocks.resolve_spec``, which names them."""
+    try:
+        entry = get(kind)
+    except KeyError:
+        return []
+    sig = inspect.signature(entry.cls, eval_str=True)
+    out = []
+    for name, value in params.items():
+        p = sig.parameters.get(name)
+        if p is not None and not _accepts(p.annotation, value):
+            out.append((name, f"expected {_describe(p.annotation)}, got {value!r}"))
+    return out
 
 
 class InputCheck:

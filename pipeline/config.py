@@ -18,12 +18,9 @@ package (datasets come from the leaf :mod:`pipeline.catalog`); a :class:`ModelCo
 """
 from __future__ import annotations
 
-import inspect
-import math
 import re
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -221,54 +218,11 @@ def min_resolution(backbone: str, small_stem: bool = False, attention_stages: Se
     return need
 
 
-def _accepts(annotation: Any, value: Any) -> bool:
-    """Whether ``value`` has the type a block constructor declares (strict: a bool is not a
-    number, a string is not a number, a float must be finite; ints are accepted for floats)."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return True
-    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    for t in options:
-        if t is type(None):
-            ok = value is None
-        elif t is bool:
-            ok = isinstance(value, bool)
-        elif t is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif t is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif t is str:
-            ok = isinstance(value, str)
-        else:  # a type this check does not know: the block's constructor decides
-            ok = True
-        if ok:
-            return True
-    return False
-
-
-def _describe(annotation: Any) -> str:
-    names = {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}
-    options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in options)
-
-
 def attention_param_problems(kind: str, params: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(param, problem)`` for each block parameter whose value has the wrong type, checked
-    against the block constructor's annotations before the constructor runs (whose own checks
-    would fail with "'>' not supported between 'str' and 'int'").  Unknown kinds and unknown
-    parameter names are left to ``blocks.resolve_spec``, which names them."""
-    from blocks import registry
+    """``(param, problem)`` for each block parameter of the wrong type (``blocks.registry``)."""
+    from blocks.registry import param_type_problems
 
-    try:
-        entry = registry.get(kind)
-    except KeyError:
-        return []
-    sig = inspect.signature(entry.cls, eval_str=True)
-    out = []
-    for name, value in params.items():
-        p = sig.parameters.get(name)
-        if p is not None and not _accepts(p.annotation, value):
-            out.append((name, f"expected {_describe(p.annotation)}, got {value!r}"))
-    return out
+    return param_type_problems(kind, params)
 
 
 def _placement_problems(attention: Any) -> list[tuple[str, str]]:

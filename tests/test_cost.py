@@ -54,3 +54,21 @@ def test_json_carries_forms(capsys):
     assert [f["form"] for f in out["forms"]] == ["folded", "folded", "per_pixel"]  # 32², 16², 8²
     assert main(["--backbone", "cifar_resnet20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["forms"] == []
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--backbone", "resnet50", "--attention", "se", "--param", "reduction=abc"], "reduction: expected an integer"),
+    (["--backbone", "resnet50", "--attention", "gaussian", "--param", "radius=wide"], "radius"),
+    (["--backbone", "resnet50", "--attention", "se", "--param", "reduction=true"], "reduction"),
+    (["--backbone", "resnet50", "--bogus"], "unrecognized arguments"),
+    (["--backbone", "nope"], "nope"),
+])
+def test_cost_cli_bad_input_is_one_line(argv, needle):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "blocks.cost", *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    first = r.stderr.strip().splitlines()[0]
+    assert needle in first and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1
