@@ -269,7 +269,8 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
         problems.raise_if_any()
         raise  # pragma: no cover
 
-    objectives = [spec.objective] if isinstance(spec.objective, str) else list(spec.objective)
+    objectives = ([o.strip() for o in spec.objective.split(",")] if isinstance(spec.objective, str)
+                  else list(spec.objective))
     for o in objectives:
         if o not in OBJECTIVES:
             problems.add(("objective",), f"objective: unknown {o!r}; valid: {', '.join(OBJECTIVES)}")
