@@ -23,7 +23,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # view. The addresses we print (ui_url) open the training-runs table instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import mlflow  # noqa: E402
+import mlflow  # noqa: E402  (after the environment defaults above)
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -56,20 +56,6 @@ def git_commit(path: Path | None = None) -> str:
 
 def host() -> str:
     return socket.gethostname()
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"optim": {"lr": 0.1}} -> {"optim.lr": "0.1"}``; lists are joined with commas."""
-    out: dict[str, str] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = ",".join(str(x) for x in v)
-        else:
-            out[key] = "None" if v is None else str(v)
-    return out
 
 
 def artifact_location(uri: str | None, experiment: str) -> str | None:

@@ -49,7 +49,10 @@ def test_se_on_digits_lands_in_mlflow(tmp_path, mlflow_server):
         assert [st for st, _ in metric_history(mlflow_server, s["run_id"], key)] == [1, 2], key
     assert run.data.metrics["params"] == s["params"] > 269_722
     assert run.data.metrics["gmacs"] > 0.04
-    assert run.data.metrics["tracking_overhead_pct"] >= 0  # the figure is in docs/training.md
+    # the share of training time spent in tracking calls: measured, so above zero, and small
+    assert 0 < run.data.metrics["tracking_overhead_pct"] < 50
+    # only the params that apply: a digits trial has no synthetic-data or FFCV-only keys
+    assert not [k for k in p if k.startswith(("data.synthetic.", "threads", "work_dir", "tracking."))]
     arts = list_artifacts(mlflow_server, s["run_id"])
     assert "config.json" in arts and "learning_curve.png" in arts
     assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [t["dataset_fingerprint"][:36]]

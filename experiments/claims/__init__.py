@@ -465,7 +465,7 @@ def attention_dict(setting: Setting) -> dict[str, Any]:
 
 def setting_params(setting: Setting) -> dict[str, str]:
     """Dotted MLflow params, named as ``pipeline.train.flat_params`` names a trial's."""
-    from pipeline.tracking import flatten
+    from pipeline.config import flatten
 
     tree: dict[str, Any] = {"model": {}, "data": {}, "optim": {}}
     m = setting.model
