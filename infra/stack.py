@@ -1,7 +1,8 @@
 """The local stack: a Ray head and an MLflow server, both on 127.0.0.1.
 
     python -m infra.stack up     [--state DIR] [--mlflow-port 5000] [--ray-port 6379]
-                                 [--dashboard-port 8265] [--backend sqlite|postgres]
+                                 [--dashboard-port 8265] [--num-cpus N]
+                                 [--backend sqlite|postgres] [--pg-port 5432]
     python -m infra.stack env    [--state DIR]      # `export ...` lines for clients
     python -m infra.stack down   [--state DIR]
     python -m infra.stack status [--state DIR]
@@ -10,8 +11,9 @@ Single-machine default: every server listens on 127.0.0.1 (Ray binds to the mach
 unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is in its environment). A multi-node cluster is
 the business of the cluster configs (``infra/cluster/``).
 
-Everything the stack needs is created in its state folder, nothing is read from the home
-folder: Ray's token (token auth stays on) is written to ``<state>/ray_auth_token`` and handed to
+Everything the stack needs is created in its state folder (``--state``, default
+``$ATTNLAB_STATE`` or ``~/.attnlab/stack``; ``make demo`` uses ``.stack/`` in the checkout);
+nothing is taken from Ray's or MLflow's files in the home folder: Ray's token (token auth stays on) is written to ``<state>/ray_auth_token`` and handed to
 every client through ``RAY_AUTH_TOKEN_PATH`` (``env`` prints the exports; ``make demo`` uses
 them). Each server runs in its own process group, recorded in the state folder; ``down`` stops
 exactly those groups (and any process still naming the stack's Ray temp folder), never other

@@ -265,6 +265,12 @@ class ModelConfig(StrictModel):
     # trial runs (the file may exist only on the cluster's shared storage).
     pretrained: Optional[str] = None
 
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _absolute_checkpoint(cls, v):
+        # absolute where the config is built (not re-read in each trial's working folder)
+        return str(abs_path(v)) if v is not None and str(v).strip() else None
+
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
@@ -388,7 +394,8 @@ class TrialConfig(StrictModel):
     """One trial: one model trained on one dataset with one recipe.
 
     ``python -m pipeline.train --config FILE [--set key=value ...]``; keys are dotted paths
-    (``optim.lr``, ``model.attention.topk_ratio``) — the same names as the MLflow params.
+    (``optim.lr``, ``model.attention.topk_ratio``). MLflow params use the same dotted names,
+    except the attention, logged as its resolved spec under ``attn.*`` (``applicable_params``).
     """
 
     name: Optional[str] = None  # a label (grid trial id); not part of the identity

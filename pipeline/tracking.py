@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
-STATUS_TAG = "attnlab.status"  # finished | diverged | failed | running
+STATUS_TAG = "attnlab.status"  # running | finished | stopped_early | diverged | failed | killed
 MAX_PARAM_LEN = 6000
 
 
@@ -173,6 +173,8 @@ class Tracker:
             return
         self.flush()
         self.set_tags({STATUS_TAG: status})
+        if status == "finished" and "attnlab.error" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "attnlab.error")  # an earlier attempt's error, retried since
         mlflow_status = {"finished": "FINISHED", "killed": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, status=mlflow_status)
 
@@ -294,11 +296,16 @@ def close_run(uri: str, run_id: str, status: str, tags: Mapping[str, Any] | None
 
 
 def log_run_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Summary metrics from outside a trial; a value the run already holds is not logged again
+    (a resumed grid re-closes its runs)."""
     import time
 
+    client = MlflowClient(tracking_uri=uri)
+    have = client.get_run(run_id).data.metrics
     ts = int(time.time() * 1000)
-    MlflowClient(tracking_uri=uri).log_batch(
-        run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()], synchronous=True)
+    new = [Metric(k, float(v), ts, step) for k, v in metrics.items() if have.get(k) != float(v)]
+    if new:
+        client.log_batch(run_id, metrics=new, synchronous=True)
 
 
 def ensure_child_runs(uri: str, experiment: str, parent_id: str,
@@ -325,10 +332,7 @@ def log_parent_artifacts(uri: str, run_id: str, files: Mapping[str, str | bytes]
 def finish_parent(uri: str, run_id: str, ok: bool, metrics: Mapping[str, float] | None = None) -> None:
     client = MlflowClient(tracking_uri=uri)
     if metrics:
-        import time
-
-        ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+        log_run_metrics(uri, run_id, metrics)
     client.set_tag(run_id, STATUS_TAG, "finished" if ok else "failed")
     client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
