@@ -90,6 +90,7 @@ test: install
 	@if [ "$${ATTNLAB_SKIP_FFCV:-0}" = 1 ]; then echo "test: FFCV skipped (ATTNLAB_SKIP_FFCV=1)"; \
 	 else $(MAKE) --no-print-directory install-ffcv; fi
 	@$(MAKE) --no-print-directory install-services
+	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # The main job on the embedded default: a local Ray head and MLflow server on 127.0.0.1 (state,

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn as nn
 
 import blocks
 from benchmarks.block_speed import peak_bytes, step
@@ -183,8 +182,8 @@ def _num(v: Any, spec: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     stage_size = f"{STAGE_CHANNELS}×{STAGE_HW}×{STAGE_HW}, batch {STAGE_BATCH}"
     lines = [
-        f"| block | placement (default stages) | params (C = input channels) | params at C=256 "
-        f"| +GMACs stage 1 | stage 2 | stage 3 | stage 4 | fwd+bwd ms | peak MiB |",
+        "| block | placement (default stages) | params (C = input channels) | params at C=256 "
+        "| +GMACs stage 1 | stage 2 | stage 3 | stage 4 | fwd+bwd ms | peak MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -12,17 +12,17 @@ Pure PyTorch (+ torchvision); knows nothing of data, Ray or MLflow.
 from .registry import SLOTS, BlockEntry, UnknownBlockError, check_params, create, get, names, register
 
 # Importing a block file registers it.  One file per paper family.
-from . import se  # noqa: F401,E402
-from . import ltpa, pyramid  # noqa: F401,E402
-from . import nonlocal_  # noqa: F401,E402
-from . import danet  # noqa: F401,E402
-from . import spa  # noqa: F401,E402
-from . import gaussian, spatial_weights  # noqa: F401,E402
-from . import gsa  # noqa: F401,E402
-from . import cbam, ssa  # noqa: F401,E402
+from . import se  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import ltpa, pyramid  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import nonlocal_  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import danet  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import spa  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import gaussian, spatial_weights  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import gsa  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
+from . import cbam, ssa  # noqa: F401,E402 (imported for its side effect (registration), after the registry above)
 
-from .backbones import backbone_names, build_backbone  # noqa: E402
-from .insert import AttentionSpec, build_model, resolve_spec  # noqa: E402
+from .backbones import backbone_names, build_backbone  # noqa: E402 (after the set-up above, which must run first)
+from .insert import AttentionSpec, build_model, resolve_spec  # noqa: E402 (after the set-up above, which must run first)
 
 __all__ = [
     "AttentionSpec",

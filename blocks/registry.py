@@ -111,7 +111,7 @@ def register(
 
 def _ensure_loaded() -> None:
     # Importing the package registers every block file (blocks/__init__.py).
-    import blocks  # noqa: F401
+    import blocks  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
 
 
 def names(kind: str | None = None) -> list[str]:

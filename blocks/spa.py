@@ -53,8 +53,9 @@ linear maps, computed in one of two orders, chosen per call from the shapes (C, 
 in training and eval; ``form_for(h, w)`` says which one a module runs, and setting the
 attribute ``form`` to ``"folded"`` or ``"per_pixel"`` (default ``"auto"``) forces one (tests,
 benchmarks).  :func:`blocks.cost.describe_forms` lists the order every spa module of a model
-runs at an input size (and ``python -m blocks.cost ... --json`` carries it as ``"forms"``).  Both orders compute the same function (up to float rounding order).  (A third
-order, (W A)·(W_g x), has fewer multiply-adds than the folded one but keeps W_g x per pixel for
+runs at an input size (and ``python -m blocks.cost ... --json`` carries it as ``"forms"``).
+Both orders compute the same function (up to float rounding order).  (A third order,
+(W A)·(W_g x), has fewer multiply-adds than the folded one but keeps W_g x per pixel for
 backward; we do not use it.)
 
 Memory (both orders).  Saliency and top-k run under ``no_grad`` on a full θ that is freed at

@@ -293,7 +293,7 @@ def scale_gaps(c: Any, grid: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def evaluate_claims(claims: list[Any], rows: list[TrialRow], metric: str) -> list[ClaimRow]:
-    from experiments.claims import describe, versus_setting  # noqa: F401
+    from experiments.claims import describe, versus_setting  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
 
     done = [r for r in rows if r.status == "finished" and metric in r.metrics]
     kinds = {r.kind for r in rows}
@@ -516,7 +516,7 @@ class Doc:
             elif b[0] == "p":
                 out.append(b[1])
             elif b[0] == "table":
-                cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+                cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731 (a one-line helper local to this function)
                 out.append("| " + " | ".join(cell(h) for h in b[1]) + " |")
                 out.append("|" + "---|" * len(b[1]))
                 out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in b[2]]

@@ -24,8 +24,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow  # noqa: E402  (after the environment defaults above)
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the set-up above, which must run first)
+from mlflow.tracking import MlflowClient  # noqa: E402 (after the set-up above, which must run first)
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "attnlab.status"  # running | finished | stopped_early | diverged | failed | killed

@@ -113,7 +113,7 @@ SKIP_FFCV_VAR = "ATTNLAB_SKIP_FFCV"
 def ffcv_import_error() -> str:
     """'' when FFCV and our backend import, else why not (one line)."""
     try:
-        import pipeline.data.ffcv_backend  # noqa: F401
+        import pipeline.data.ffcv_backend  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken numba/ffcv build
         return f"{type(e).__name__}: {' '.join(str(e).split())}"
     return ""

@@ -19,7 +19,7 @@ def _seed():
 
 def torchvision_ok() -> bool:
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
     except Exception:
         return False
     return True

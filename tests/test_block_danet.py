@@ -111,7 +111,7 @@ def test_danet_is_pam_plus_cam_minus_x(shape):
 
 @pytest.mark.parametrize("c", [8, 16, 64, 256])
 def test_param_counts(c):
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 (a one-line helper local to this function)
     assert count(blocks.create("pam", c)) == 1.25 * c * c + 1.25 * c + 1
     assert count(blocks.create("cam", c)) == 1
     assert count(blocks.create("danet", c)) == 1.25 * c * c + 1.25 * c + 2

@@ -32,7 +32,7 @@ def _naive(m: GSA, x: torch.Tensor) -> torch.Tensor:
     """The paper's equations with explicit loops over heads, query pixels i and positions j."""
     n_, _, H, W = x.shape
     heads, dk, dv = m.heads, m.key_dim, m.value_dim
-    conv1x1 = lambda conv: torch.einsum("oc,nchw->nohw", conv.weight[:, :, 0, 0], x)  # noqa: E731
+    conv1x1 = lambda conv: torch.einsum("oc,nchw->nohw", conv.weight[:, :, 0, 0], x)  # noqa: E731 (a one-line helper local to this function)
     q, k, v = conv1x1(m.query), conv1x1(m.key), conv1x1(m.value)  # (N, heads·d, H, W)
     if m.rel_length is not None:
         half = (m.rel_length - 1) // 2

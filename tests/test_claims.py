@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.claims import (CLAIMS_DIR, check_structural, claim_record, load_claims, load_file, setting_params,
+from experiments.claims import (check_structural, claim_record, load_claims, load_file, setting_params,
                                 sync)
 
 ROOT = Path(__file__).resolve().parents[1]

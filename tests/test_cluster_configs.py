@@ -772,7 +772,7 @@ def test_head_mlflow_server_runs_with_basic_auth_on_peer_auth_postgres(peer_auth
     from tests.conftest import free_port
 
     try:
-        import flask_wtf  # noqa: F401
+        import flask_wtf  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
     except ImportError:
         pytest.skip("mlflow's basic-auth app needs its auth extra (the head installs 'mlflow[auth]'): "
                     "pip install -c constraints.txt 'Flask-WTF<2' to run this test")

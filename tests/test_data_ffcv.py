@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from _data_makers import make_cifar, make_imagefolder, make_tiny, require_ffcv  # noqa: E402
+from _data_makers import make_cifar, make_imagefolder, make_tiny, require_ffcv  # noqa: E402 (after the set-up above, which must run first)
 
 require_ffcv(module_level=True)
 
-import pipeline.data as data  # noqa: E402
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.data import ffcv_backend as fb  # noqa: E402
-from pipeline.data import make_loaders, store  # noqa: E402
-from pipeline.data.__main__ import main as cli  # noqa: E402
-from pipeline.data.loader import epoch_indices  # noqa: E402
-from pipeline.data.plan import make_plan  # noqa: E402
-from pipeline.data.write import resolve_policy, write_betons  # noqa: E402
-from pipeline.errors import ConfigError  # noqa: E402
+import pipeline.data as data  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.config import DataConfig  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data import ffcv_backend as fb  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data import make_loaders, store  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data.__main__ import main as cli  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data.loader import epoch_indices  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data.plan import make_plan  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.data.write import resolve_policy, write_betons  # noqa: E402 (after the set-up above, which must run first)
+from pipeline.errors import ConfigError  # noqa: E402 (after the set-up above, which must run first)
 
 pytestmark = [
     pytest.mark.ffcv,

@@ -73,7 +73,7 @@ def _assert_training_runs_view(text: str) -> None:
         assert genai not in text, (genai, text[:600])
 
 
-def test_grid_experiment_opens_on_the_runs_table(chromium, small_grid, tmp_path):  # noqa: F811
+def test_grid_experiment_opens_on_the_runs_table(chromium, small_grid, tmp_path):  # noqa: F811 (the shared fixture, imported by name)
     from pipeline.tracking import grid_runs, ui_url
 
     uri = small_grid["uri"]
@@ -94,7 +94,7 @@ def test_grid_experiment_opens_on_the_runs_table(chromium, small_grid, tmp_path)
     assert "Child runs" in text and all(k.info.run_name in text for k in kids)
 
 
-def test_comparison_puts_the_paper_beside_the_runs(chromium, small_grid, tmp_path):  # noqa: F811
+def test_comparison_puts_the_paper_beside_the_runs(chromium, small_grid, tmp_path):  # noqa: F811 (the shared fixture, imported by name)
     from pipeline.tracking import compare_url, grid_runs, keyed_runs
 
     uri = small_grid["uri"]
@@ -113,7 +113,7 @@ def test_comparison_puts_the_paper_beside_the_runs(chromium, small_grid, tmp_pat
     assert "cifar_resnet20" in text and "imagenet" in text and "digits" in text
 
 
-def test_claims_experiment_lists_the_claims(chromium, small_grid, tmp_path):  # noqa: F811
+def test_claims_experiment_lists_the_claims(chromium, small_grid, tmp_path):  # noqa: F811 (the shared fixture, imported by name)
     from experiments.claims import load_claims
     from pipeline.tracking import ui_url
 

@@ -113,7 +113,7 @@ def test_report_from_a_real_grid(small_grid, tmp_path):
         with Image.open(out / name) as im:
             im.load()  # decodes
             assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 100
-        assert f"![" in md and f"]({name})" in md
+        assert "![" in md and f"]({name})" in md
     # the point rows, with n stated
     for point in ("resnet20 baseline", "resnet20 spa@s1 k=0.25", "resnet20 spa@s1 k=0.5", "resnet20 gaussian@s1 r=1.0"):
         assert f"| {point} |" in md, point

@@ -566,7 +566,7 @@ def sync(tracking_uri: str, claims: list[LoadedClaim], experiment: str = EXPERIM
     scope = None
     if files is not None:
         names = {Path(f).name for f in files}
-        scope = lambda run: run.data.tags.get("attnlab.claim.file") in names  # noqa: E731
+        scope = lambda run: run.data.tags.get("attnlab.claim.file") in names  # noqa: E731 (a one-line helper local to this function)
     return sync_keyed_runs(tracking_uri, experiment, records, scope=scope)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pipeline.config import DataConfig
 from pipeline.errors import ConfigError
@@ -28,6 +28,9 @@ from .plan import default_workers, make_plan
 from .registry import get as get_dataset
 from .registry import names as dataset_names
 from .source import Source
+
+if TYPE_CHECKING:  # the loader module imports torch: only for the annotations here
+    from .loader import Loader
 
 __all__ = ["make_loaders", "load_source", "ffcv_available", "dataset_names", "get_dataset",
            "ensure_betons", "Loader", "AUTO_WRITE_MAX", "NeedsWriteError", "check_data_ready",

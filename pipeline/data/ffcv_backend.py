@@ -29,27 +29,27 @@ import numpy as np
 import torch
 
 _threads = torch.get_num_threads()
-import ffcv  # noqa: E402
-from ffcv.fields import IntField, RGBImageField  # noqa: E402
-from ffcv.fields.basics import IntDecoder  # noqa: E402
-from ffcv.fields.rgb_image import (  # noqa: E402
+import ffcv  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.fields import IntField, RGBImageField  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.fields.basics import IntDecoder  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.fields.rgb_image import (  # noqa: E402 (after the set-up above, which must run first)
     IMAGE_MODES,
     CenterCropRGBImageDecoder,
     ResizedCropRGBImageDecoder,
     SimpleRGBImageDecoder,
 )
-from ffcv.libffcv import imdecode, resize_crop  # noqa: E402
-from ffcv.loader import Loader as _FFCVLoader  # noqa: E402
-from ffcv.loader import OrderOption  # noqa: E402
-from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
-from ffcv.pipeline.compiler import Compiler  # noqa: E402
-from ffcv.pipeline.operation import Operation  # noqa: E402
-from ffcv.reader import Reader  # noqa: E402
-from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage  # noqa: E402
-from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
-from ffcv.writer import DatasetWriter  # noqa: E402
-from numba import njit, types  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from ffcv.libffcv import imdecode, resize_crop  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.loader import Loader as _FFCVLoader  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.loader import OrderOption  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.pipeline.compiler import Compiler  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.pipeline.operation import Operation  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.reader import Reader  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.traversal_order.base import TraversalOrder  # noqa: E402 (after the set-up above, which must run first)
+from ffcv.writer import DatasetWriter  # noqa: E402 (after the set-up above, which must run first)
+from numba import njit, types  # noqa: E402 (after the set-up above, which must run first)
+from numba.extending import intrinsic  # noqa: E402 (after the set-up above, which must run first)
 
 torch.set_num_threads(_threads)  # importing ffcv set it to 1
 
@@ -72,12 +72,12 @@ def _quiet_numba_finalizer(unraisable) -> None:
 
 sys.unraisablehook = _quiet_numba_finalizer
 
-from pipeline.errors import ConfigError  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402 (after the set-up above, which must run first)
 
-from . import keyed_random as kr  # noqa: E402
-from .loader import Loader, epoch_indices  # noqa: E402
-from .plan import Op, Plan, SplitPlan, is_identity_fit  # noqa: E402
-from .source import Split  # noqa: E402
+from . import keyed_random as kr  # noqa: E402 (after the set-up above, which must run first)
+from .loader import Loader, epoch_indices  # noqa: E402 (after the set-up above, which must run first)
+from .plan import Op, Plan, SplitPlan, is_identity_fit  # noqa: E402 (after the set-up above, which must run first)
+from .source import Split  # noqa: E402 (after the set-up above, which must run first)
 
 VERSION = getattr(ffcv, "__version__", "unknown")
 _MIN_PAGE = 1 << 23  # 8 MiB

@@ -71,7 +71,7 @@ def register(name: str, *, style: str, needs_root: bool, description: str = "",
 
 def _ensure_loaded() -> None:
     # Importing the dataset modules registers them (pipeline/data/datasets.py).
-    import pipeline.data.datasets  # noqa: F401
+    import pipeline.data.datasets  # noqa: F401 (imported for its side effect (registration) or to check that it imports)
 
 
 def names() -> list[str]:
