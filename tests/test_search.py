@@ -233,3 +233,50 @@ def test_two_objectives_give_a_pareto_front(tmp_path, ray_head, mlflow_server):
         if o["number"] not in {f["number"] for f in front}:
             assert any(f["values"][0] >= o["values"][0] and f["values"][1] <= o["values"][1] for f in front)
     assert all(k.data.metrics.get("gmacs") for k in kids)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path, ray_head, mlflow_server):
+    """The driver dies mid-trial (SIGKILL): --resume marks the interrupted Optuna trials FAIL
+    (attnlab.status=interrupted) and their MLflow runs FAILED, never re-runs them, and adds new
+    trials until the study has the trials asked for; no run is left RUNNING."""
+    import time
+
+    from pipeline.search import study_rows
+
+    env = _env(ray_head, mlflow_server)
+    spec = _spec(tmp_path, "killed", epochs=6, trials=3, space={"optim.lr": {"low": 0.05, "high": 0.2, "log": True}})
+    storage = tmp_path / "st"
+    url = f"sqlite:///{storage / 'killed' / 'study.db'}"
+    proc = subprocess.Popen([PY, str(ROOT / "experiments" / "search.py"), "--spec", str(spec), "--storage",
+                             str(storage), "--max-concurrent", "1", "--scheduler", "none"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the first trial is running and has its run
+            time.sleep(2)
+            _, kids = _runs(mlflow_server, "killed") if (storage / "killed" / "study.db").exists() else (None, [])
+            if kids and any(k.data.metrics.get("val_top1") is not None for k in kids):
+                break
+        else:
+            pytest.fail("the first trial never reported an epoch")
+    finally:
+        proc.kill()  # the driver only: Ray ends the trials it owned
+        proc.wait()
+    before = study_rows("killed", url)
+    running = [t["number"] for t in before if t["state"] == "RUNNING"]
+    assert running, before
+    r = _search(spec, storage, env, "--resume", "--scheduler", "none")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "interrupted" in r.stdout
+    after = study_rows("killed", url)
+    for n in running:
+        assert after[n]["state"] == "FAIL" and after[n]["status"] == "interrupted"
+    finished = [t for t in after if t["status"] != "interrupted"]
+    assert len(finished) == 3 and all(t["state"] == "COMPLETE" for t in finished), after
+    _, kids = _runs(mlflow_server, "killed")
+    assert all(k.info.status in ("FINISHED", "FAILED") for k in kids)
+    by_trial = {int(k.data.tags["attnlab.optuna_trial"]): k for k in kids}
+    for n in running:
+        assert by_trial[n].info.status == "FAILED" and "interrupted" in by_trial[n].data.tags["attnlab.error"]
