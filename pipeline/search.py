@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import optuna
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config import StrictModel, TrialConfig, attention_problems, validation_problems
 from .errors import ConfigError
@@ -78,11 +78,18 @@ class SamplerSpec(StrictModel):
 class DimSpec(StrictModel):
     """One dimension of the space: a range or a list of choices."""
 
-    low: Optional[Union[int, float]] = None
-    high: Optional[Union[int, float]] = None
+    low: Any = None
+    high: Any = None
     log: bool = False
-    step: Optional[Union[int, float]] = Field(None, gt=0)
+    step: Any = None
     choices: Optional[list[Any]] = None
+
+    @field_validator("low", "high", "step")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"expected a finite number, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> "DimSpec":
@@ -92,6 +99,8 @@ class DimSpec(StrictModel):
             if not self.choices:
                 raise ValueError("empty choices: give at least one value")
             return self
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
         if self.low is None or self.high is None:
             raise ValueError("a dimension needs low and high, or choices")
         if self.low > self.high:
@@ -291,6 +300,7 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
     # the attention choices
     space = dict(spec.space)
     attention: dict[str, Optional[dict[str, Any]]] = {}
+    label_path: dict[str, tuple] = {}
     if "attention" in space:
         a = space.pop("attention")
         values, at = a.get("choices"), ("space", "attention")
@@ -322,6 +332,7 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
                             f"placement in the mapping)")
             continue
         attention[label] = resolved
+        label_path[label] = p
     kinds = [a["kind"] for a in attention.values() if a is not None]
 
     # the dimensions
@@ -366,10 +377,16 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
             if key in attention[k]:
                 continue  # the choice fixes it
             dims.append(Dim(f"{k}.{key}", key, kind, d.low, d.high, d.log, d.step, d.choices, block=k))
-    problems.raise_if_any()
 
     search = Search(spec=spec, path=path, base=base, attention=attention, dims=dims, objectives=objectives,
                     lines=where)
+    for label, p in label_path.items():
+        try:
+            TrialConfig.model_validate(search.tree({"attention": label}))
+        except ValidationError as e:
+            k, msg = validation_problems(e)[0]
+            problems.add(p, f"space.attention: {label}: {k}: {msg}")
+    problems.raise_if_any()
     # every end and choice, with every attention choice it applies to, is a valid trial config
     labels = search.labels
     for d in dims:  # the first problem of each dimension (an unknown key is wrong at every value)
@@ -387,13 +404,6 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
                     with_ = f" with {label}" if d.block is None and len(labels) > 1 else ""
                     problems.add(at, f"space.{d.key}: {v!r}{with_}: {k}: {msg}")
                 break
-    for label, a in attention.items():
-        p = ("space", "attention") if "attention" in spec.space else ("base", "model", "attention")
-        try:
-            TrialConfig.model_validate(search.tree({"attention": label}))
-        except ValidationError as e:
-            k, msg = validation_problems(e)[0]
-            problems.add(p, f"space.attention: {label}: {k}: {msg}")
     if "gmacs" in objectives and (base.get("workers_per_trial") or 1) > 1:
         problems.add(("base", "workers_per_trial"), "base.workers_per_trial: the gmacs objective needs "
                                                     "single-process trials")

@@ -90,6 +90,19 @@ def test_bad_top_level_is_one_line(tmp_path, capsys, extra, want_key, msg):
     assert f"{p}:{want}:" in line and msg in line, line
 
 
+def test_non_finite_end_and_a_choice_with_a_foreign_parameter(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    text = ("name: bad\nbase:\n  model: {backbone: cifar_resnet20}\nspace:\n  attention:\n    choices:\n"
+            "      - gaussian\n      - {kind: spa, radius: 2}\n  optim.lr: {low: .inf, high: 1.0}\n")
+    p.write_text(text)
+    code, err = _run_main(["--spec", str(p), "--check"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert any(f"{p}:9:" in x and "finite" in x for x in lines), err
+    assert any(f"{p}:8:" in x and "radius" in x for x in lines), err
+
+
 def test_every_problem_at_once_and_usage_errors(tmp_path, capsys):
     p, _ = _write_bad(tmp_path, "optim.lr: {low: 0.3, high: 0.1}\n  radius: {choices: [1]}")
     code, err = _run_main(["--spec", str(p), "--check"], capsys)
