@@ -300,10 +300,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(startup_child(args["tracking"], args["work_dir"], args["profile_out"])))
         return 0
 
+    if a.json:  # Tune and Ray print to stdout: keep it for the JSON alone
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            out = run(a, say=lambda *x: None)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        print(json.dumps(out, indent=1))
+    else:
+        run(a, say=print)
+    return 0
+
+
+def run(a: argparse.Namespace, say: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                                        "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
                            "tracking": a.tracking}
-    say = (lambda *x: None) if a.json else print
     say(f"machine: {out['machine']['cpu']}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
         f"load average at start {os.getloadavg()[0]:.1f}")
     if not a.skip_expand:
@@ -360,9 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             if "uri" in tracking:
                 stop_mlflow(state)
-    if a.json:
-        print(json.dumps(out, indent=1))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
