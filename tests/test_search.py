@@ -293,3 +293,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_head, mlflow_server):
     by_trial = {int(k.data.tags["attnlab.optuna_trial"]): k for k in kids}
     for n in running:
         assert by_trial[n].info.status == "FAILED" and "interrupted" in by_trial[n].data.tags["attnlab.error"]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_search_through_ray_job_submit(tmp_path, ray_head, mlflow_server):
+    from pipeline.search import study_rows
+
+    spec = _spec(tmp_path, "jobsearch", epochs=1, trials=2)
+    env = dict(os.environ, **ray_head["env"])
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true"}})
+    r = subprocess.run([str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_head["dashboard"],
+                        "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
+                        "python", "experiments/search.py", "--spec", str(spec), "--storage", str(tmp_path / "st"),
+                        "--scheduler", "none"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "succeeded" in (r.stdout + r.stderr).lower()
+    rows = study_rows("jobsearch", f"sqlite:///{tmp_path / 'st' / 'jobsearch' / 'study.db'}")
+    assert len(rows) == 2 and all(t["state"] == "COMPLETE" for t in rows)
+    (parent,), kids = _runs(mlflow_server, "jobsearch")
+    assert parent.data.tags["attnlab.kind"] == "search" and len(kids) == 2
+    assert all(k.info.status == "FINISHED" for k in kids)
