@@ -315,3 +315,26 @@ def test_search_through_ray_job_submit(tmp_path, ray_head, mlflow_server):
     (parent,), kids = _runs(mlflow_server, "jobsearch")
     assert parent.data.tags["attnlab.kind"] == "search" and len(kids) == 2
     assert all(k.info.status == "FINISHED" for k in kids)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_failed_trial_is_fail_in_the_study_and_failed_in_mlflow(tmp_path, ray_head, mlflow_server):
+    """A trial whose retries ran out: FAIL in the study, its run FAILED with the error; the
+    search goes on (the fault fires once) and exits 1."""
+    from pipeline.search import study_rows
+
+    base = {"model": {"backbone": "cifar_resnet20"}, "data": DIGITS, "optim": {"epochs": 1, "lr": 0.1}, "threads": 1,
+            "fault": {"raise_at_epoch": 0, "once_file": str(tmp_path / "fault.once")}}
+    spec = _spec(tmp_path, "failing", epochs=1, trials=2, base=base,
+                 space={"optim.lr": {"low": 0.05, "high": 0.2, "log": True}})
+    r = _search(spec, tmp_path / "st", _env(ray_head, mlflow_server), "--max-failures", "0", "--max-concurrent", "1",
+                "--scheduler", "none")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = study_rows("failing", f"sqlite:///{tmp_path / 'st' / 'failing' / 'study.db'}")
+    assert [(t["state"], t["status"]) for t in rows] == [("FAIL", "failed"), ("COMPLETE", "finished")]
+    (parent,), kids = _runs(mlflow_server, "failing")
+    by_trial = {int(k.data.tags["attnlab.optuna_trial"]): k for k in kids}
+    assert by_trial[0].info.status == "FAILED" and "injected fault" in by_trial[0].data.tags["attnlab.error"]
+    assert by_trial[1].info.status == "FINISHED"
+    assert parent.info.status == "FAILED"
