@@ -285,6 +285,7 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
             problems.add(("objective",), f"objective: unknown {o!r}; valid: {', '.join(OBJECTIVES)}")
     if "top1" not in objectives or len(set(objectives)) != len(objectives):
         problems.add(("objective",), "objective: top1, or top1 and gmacs (each once)")
+    objectives = ["top1"] + [o for o in objectives if o != "top1"]  # top-1 first: the study's first value
 
     # the base: a valid trial config without attention (the attention comes from the space)
     base = copy.deepcopy(spec.base)

@@ -338,3 +338,11 @@ def test_a_failed_trial_is_fail_in_the_study_and_failed_in_mlflow(tmp_path, ray_
     assert by_trial[0].info.status == "FAILED" and "injected fault" in by_trial[0].data.tags["attnlab.error"]
     assert by_trial[1].info.status == "FINISHED"
     assert parent.info.status == "FAILED"
+
+
+def test_objectives_are_top1_first_in_any_spelling(tmp_path):
+    from pipeline.search import load_search
+
+    for spelt in (["gmacs", "top1"], "top1, gmacs", ["top1", "gmacs"]):
+        assert load_search(_spec(tmp_path, objective=spelt)).objectives == ["top1", "gmacs"]
+    assert load_search(_spec(tmp_path)).objectives == ["top1"]
