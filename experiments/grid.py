@@ -299,13 +299,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def tracking_uri(grid: Grid, storage: str) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (grid.spec.base.get("tracking") or {}).get("uri")
-    if uri:
-        return uri
-    if "://" in storage:
-        raise ConfigError("set MLFLOW_TRACKING_URI (or base.tracking.uri): a cloud storage has no local SQLite")
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(storage) / 'mlflow.db'}"
+    from pipeline.tracking import grid_tracking_uri
+
+    return grid_tracking_uri(grid.spec.base, storage)
 
 
 def check_tracking(uri: str) -> None:

@@ -410,15 +410,7 @@ def plot_param_sweep(rows: list[TrialRow], metric: str, kind: str, param: str, x
         ax.axhline(base, ls="--", color="gray", label="baseline (mean)")
     if log_x:
         ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric} vs {xlabel}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
+    return _save_plot(fig, ax, path, xlabel, f"{metric} (%)", f"{metric} vs {xlabel}")
 
 
 def plot_heatmap(rows: list[TrialRow], metric: str, path: Path) -> Optional[str]:
@@ -477,15 +469,7 @@ def plot_gmacs(rows: list[TrialRow], metric: str, path: Path) -> Optional[str]:
         xs = [g * 1000 for g, _, k in pts if k == kind]
         ys = [v for _, v, k in pts if k == kind]
         ax.scatter(xs, ys, label=kind, s=30)
-    ax.set_xlabel("MMACs per image (1 MAC = 2 FLOPs)")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{metric} vs compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
+    return _save_plot(fig, ax, path, "MMACs per image (1 MAC = 2 FLOPs)", f"{metric} (%)", f"{metric} vs compute")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,6 +663,21 @@ def _writable(out: Path) -> Path:
     except OSError as e:
         raise ConfigError(f"--out {out}: not writable ({e.strerror or e})") from None
     return out
+
+
+def _save_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> str:
+    """Label, grid and legend an accuracy plot, write it to ``path``; its file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -81,13 +81,9 @@ def parse_args(argv: Optional[list[str]]) -> Any:
 
 
 def tracking_uri(search: Any, storage: str) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (search.base.get("tracking") or {}).get("uri")
-    if uri:
-        return uri
-    if "://" in storage:
-        raise ConfigError("set MLFLOW_TRACKING_URI (or base.tracking.uri): a cloud storage has no local SQLite")
-    Path(storage).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(storage) / 'mlflow.db'}"
+    from pipeline.tracking import grid_tracking_uri
+
+    return grid_tracking_uri(search.base, storage)
 
 
 def study_url(a: Any, storage: str, name: str) -> str:

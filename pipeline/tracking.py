@@ -37,6 +37,21 @@ def default_uri(work_dir: Path) -> str:
     return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
 
 
+def grid_tracking_uri(base: Mapping[str, Any], storage: str) -> str:
+    """Where a grid or a search tracks: ``MLFLOW_TRACKING_URI``, else the spec's
+    ``base.tracking.uri``, else a SQLite file in a local storage folder (one machine only: the
+    pre-flight refuses it on a multi-node cluster)."""
+    from pipeline.errors import ConfigError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (base.get("tracking") or {}).get("uri")
+    if uri:
+        return uri
+    if "://" in storage:
+        raise ConfigError("set MLFLOW_TRACKING_URI (or base.tracking.uri): a cloud storage has no local SQLite")
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(storage) / 'mlflow.db'}"
+
+
 def git_commit(path: Path | None = None) -> str:
     """The commit of the source tree (ATTNLAB_GIT_COMMIT wins: Ray job uploads have no .git)."""
     if os.environ.get("ATTNLAB_GIT_COMMIT"):

@@ -142,16 +142,22 @@ def trainable(config: dict[str, Any], configs: Optional[dict[str, dict[str, Any]
     ctx = tune.get_context()
     if cfg.workers_per_trial > 1:
         return _ddp_trial({**config, "trial": tree}, ctx.get_trial_id())
-    _node_local(cfg, ctx.get_trial_id())
-    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{ctx.get_trial_id()}-"))
+    _fit_in_tune(cfg, ctx.get_trial_id(), _tune_reporter())
+
+
+def _fit_in_tune(cfg: Any, trial_id: str, reporter: Any) -> None:
+    """``fit`` inside a Tune trial: node-local folders, this attempt's tags, and a resume from
+    Tune's last checkpoint of the trial (a retry after a failure, or a restored experiment)."""
+    _node_local(cfg, trial_id)
+    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{trial_id}-"))
     resume_from = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         local = Path(checkpoint.to_directory())
         if (local / CKPT_NAME).exists():
             resume_from = local / CKPT_NAME
-    _tag_attempt(cfg, ctx.get_trial_id())
-    fit(cfg, reporter=_tune_reporter(), checkpoint_dir=ckpt_dir, resume_from=resume_from)
+    _tag_attempt(cfg, trial_id)
+    fit(cfg, reporter=reporter, checkpoint_dir=ckpt_dir, resume_from=resume_from)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
@@ -367,17 +373,7 @@ def search_trainable(config: dict[str, Any], context: Optional[dict[str, Any]] =
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
         base_report({**metrics, **extra}, saved)
 
-    _node_local(cfg, ctx.get_trial_id())
-    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{ctx.get_trial_id()}-"))
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        local = Path(checkpoint.to_directory())
-        if (local / CKPT_NAME).exists():
-            resume_from = local / CKPT_NAME
-    _tag_attempt(cfg, ctx.get_trial_id())
-    fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _fit_in_tune(cfg, ctx.get_trial_id(), report)
 
 
 def default_concurrency(cpus_per_trial: float, gpus_per_trial: float) -> int:
