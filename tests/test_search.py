@@ -346,3 +346,17 @@ def test_objectives_are_top1_first_in_any_spelling(tmp_path):
     for spelt in (["gmacs", "top1"], "top1, gmacs", ["top1", "gmacs"]):
         assert load_search(_spec(tmp_path, objective=spelt)).objectives == ["top1", "gmacs"]
     assert load_search(_spec(tmp_path)).objectives == ["top1"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "specs" / "search").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_search_spec_checks(path, capsys):
+    from experiments import search
+
+    try:
+        code = search.main(["--spec", str(path), "--check"])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    assert code in (0, None), captured.err
+    assert "optim.lr" in captured.out  # the space was printed
