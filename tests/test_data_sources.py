@@ -178,3 +178,16 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, expect
 def test_cli_list(capsys):
     assert cli(["list"]) == 0
     assert "tiny-imagenet" in capsys.readouterr().out
+
+
+def test_digits_read_without_sklearn_equals_load_digits():
+    """The digits are read from the CSV scikit-learn ships (no sklearn import at trial start):
+    the same 1,797 images and labels as ``sklearn.datasets.load_digits``."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from pipeline.data.digits import _read_digits
+
+    pixels, target = _read_digits()
+    d = load_digits()
+    assert np.array_equal(pixels, d.images) and np.array_equal(target, d.target)

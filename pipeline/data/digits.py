@@ -7,8 +7,11 @@ fixed seed, so every run, machine and backend sees the same 1,438 / 359 images.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from pipeline.errors import ConfigError
 
 from .registry import register
 from .source import Source, Split, hash_arrays
@@ -47,13 +50,25 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED) -> tuple[np.ndarra
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1,797 8×8 images and labels), read from the CSV file the
+    package ships — what ``sklearn.datasets.load_digits`` reads, without importing scikit-learn
+    (over a second of every trial's start-up)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("dataset 'digits' needs scikit-learn (a dependency of attnlab): pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",")  # (1797, 65): 64 pixels (0..16), then the label
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 @lru_cache(maxsize=1)
 def load_digits_source() -> Source:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = _upscale(np.asarray(d.images))
-    labels = np.asarray(d.target, dtype=np.int64)
+    pixels, target = _read_digits()
+    images = _upscale(pixels)
+    labels = np.asarray(target, dtype=np.int64)
     tr, va = split_indices(labels)
     xtr = np.ascontiguousarray(images[tr])
     mean = tuple(float(v) for v in xtr.reshape(-1, 3).mean(0) / 255.0)
