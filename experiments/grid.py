@@ -202,21 +202,25 @@ def paired_deltas(grid: Grid, results: dict[str, dict[str, Any]], metric: str = 
 
 
 def format_summary(rows: list[dict[str, Any]], metric: str) -> str:
+    """The summary as a Markdown table (pandas), then a line on trials stopped early."""
+    import pandas as pd
+
     def pm(m, s, n):
         if m is None:
             return "—"
         return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
 
-    out = [f"| point | {metric} (mean ± std over seeds) | Δ vs same-seed baseline (mean ± std) | "
-           f"paired deltas | completed | stopped early | status |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['point']} | {pm(r['mean'], r['std'], r['n'])} | {pm(r['delta'], r['delta_std'], r['n_delta'])} | "
-                   f"{r['n_delta']} | {r['n']}/{r['seeds']} | {r['stopped']} | {r['status']} |")
+    table = pd.DataFrame([{
+        "point": r["point"],
+        f"{metric} (mean ± std over seeds)": pm(r["mean"], r["std"], r["n"]),
+        "Δ vs same-seed baseline (mean ± std)": pm(r["delta"], r["delta_std"], r["n_delta"]),
+        "paired deltas": r["n_delta"], "completed": f"{r['n']}/{r['seeds']}",
+        "stopped early": r["stopped"], "status": r["status"]} for r in rows])
+    out = table.to_markdown(index=False, disable_numparse=True)
     stopped = sum(r["stopped"] for r in rows)
     if stopped:
-        out.append(f"\n{stopped} trial(s) stopped early by the scheduler: not in the means (shorter schedules).")
-    return "\n".join(out)
+        out += f"\n\n{stopped} trial(s) stopped early by the scheduler: not in the means (shorter schedules)."
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import mlflow  # noqa: E402  (after the environment defaults above)
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the set-up above, which must run first)
 from mlflow.tracking import MlflowClient  # noqa: E402 (after the set-up above, which must run first)
+import tenacity  # noqa: E402 (after the set-up above, which must run first)
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "attnlab.status"  # running | finished | stopped_early | diverged | failed | killed
@@ -214,21 +215,15 @@ class Tracker:
         from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.entities import DatasetInput, InputTag
 
-        import time
 
         ds = MetaDataset(LocalArtifactDatasetSource(source), name=name, digest=fingerprint[:36])
         tag = InputTag(key="mlflow.data.context", value=context)
-        for attempt in range(4):
-            try:
-                self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
-                return
-            except mlflow.exceptions.MlflowException:
-                # Trials of one grid register the same dataset at once; the server's unique
-                # constraint rejects all but the first insert, and a retry then links the
-                # existing dataset row.
-                if attempt == 3:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        # Trials of one grid register the same dataset at once; the server's unique constraint
+        # rejects all but the first insert, and a retry then links the existing dataset row.
+        retry = tenacity.Retrying(retry=tenacity.retry_if_exception_type(mlflow.exceptions.MlflowException),
+                                  stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_incrementing(0.2, 0.2),
+                                  reraise=True)
+        retry(self.client.log_inputs, self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
 
 
 def find_runs(uri: str, experiment: str, filter_string: str, page_size: int = 1000) -> list[Any]:

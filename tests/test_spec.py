@@ -305,3 +305,26 @@ def test_dry_run_counts_a_root_that_is_here(tmp_path, capsys):
         out = json.loads(capsys.readouterr().out)
         assert out["trials"][0]["images"] == images and source in out["trials"][0]["images_from"]
         assert out["data_checked"] is True
+
+
+def test_summary_counts_paired_deltas_and_keeps_early_stops_apart():
+    """The grid summary: the Δ's ± and its count come from the paired deltas, not from the seeds
+    that finished; trials stopped early are counted apart and never averaged in."""
+    from experiments.grid import format_summary, summarise
+    from experiments.spec import grid_from_tree
+
+    g = grid_from_tree({"name": "s", "base": {"model": {"backbone": "cifar_resnet20"}, "data": {"dataset": "digits"},
+                                              "optim": {"epochs": 4}},
+                        "axes": {"attention": ["se"]}, "seeds": 3})
+    se = sorted((t for t in g.trials if t.coords["attention"] == "se"), key=lambda t: t.coords["seed"])
+    base = {t.coords["seed"]: t for t in g.trials if t.coords["attention"] == "none"}
+    res = {base[0].id: {"status": "finished", "best_top1": 90.0}, base[1].id: {"status": "finished", "best_top1": 91.0},
+           base[2].id: {"status": "stopped_early", "best_top1": 50.0},
+           se[0].id: {"status": "finished", "best_top1": 91.0}, se[1].id: {"status": "finished", "best_top1": 93.0},
+           se[2].id: {"status": "finished", "best_top1": 95.0}}
+    rows = {r["point"].split("attention=")[1].split()[0]: r for r in summarise(g, res)}
+    assert rows["se"]["n"] == 3 and rows["se"]["n_delta"] == 2  # seed 2's baseline stopped early
+    assert rows["se"]["delta"] == pytest.approx(1.5) and rows["se"]["delta_std"] == pytest.approx(0.7071, abs=1e-4)
+    assert rows["none"]["n"] == 2 and rows["none"]["stopped"] == 1 and rows["none"]["mean"] == pytest.approx(90.5)
+    text = format_summary(list(rows.values()), "best_top1")
+    assert "1.50 ± 0.71" in text and "stopped early by the scheduler" in text
