@@ -51,7 +51,7 @@ from pipeline import catalog
 from pipeline.config import (StrictModel, TrialConfig, attention_problems, identity_tree, min_resolution,
                              validation_problems)
 from pipeline.errors import ConfigError
-from pipeline.yamlio import Lines, load_file
+from pipeline.yamlio import Lines, Problems, load_file
 
 ATTN_AXES = ("stages", "slot", "every")  # placement axes: attention trials only
 DEFAULT_MAX_TRIALS = 10_000  # experiments/grid.py --max-trials raises it
@@ -113,29 +113,6 @@ class Grid:
         if key in self.spec.axes:
             return lines("axes", key)
         return lines("base", *key.split("."))
-
-
-class _Problems:
-    """The problems found so far, in order, one line each: ``file:line: key: what``.
-
-    A problem is a bad value: the same key at the same line is reported once, with the first
-    reason found (``stages: [4]`` on a 3-stage backbone is one problem, not one per block).
-    """
-
-    def __init__(self, where: Lines):
-        self.where = where
-        self.lines: dict[tuple[str, str], str] = {}
-
-    def add(self, path: tuple, text: str) -> None:
-        loc = self.where(*path)
-        self.lines.setdefault((loc, text.split(": ", 1)[0]), f"{loc}: {text}")
-
-    def __bool__(self) -> bool:
-        return bool(self.lines)
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise ConfigError.many(self.lines.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +178,7 @@ class _Entry:
     label: str = "base"  # how problems name it: axes.attention[2], base.model.attention
 
 
-def _attention_entries(spec: Spec, problems: _Problems) -> list[_Entry]:
+def _attention_entries(spec: Spec, problems: Problems) -> list[_Entry]:
     """The attention values (from ``axes.attention``, else ``base.model.attention``), checked."""
     model = spec.base.get("model")
     if "attention" in spec.axes:
@@ -240,7 +217,7 @@ def _attention_entries(spec: Spec, problems: _Problems) -> list[_Entry]:
     return out
 
 
-def _split_axes(spec: Spec, kinds: list[str], problems: _Problems, entries_ok: bool) -> tuple[dict, dict, dict]:
+def _split_axes(spec: Spec, kinds: list[str], problems: Problems, entries_ok: bool) -> tuple[dict, dict, dict]:
     """Split the axes into placement, block-parameter and dotted trial-config axes (cheap: the
     values are not looked at, so a huge axis is counted before it is checked).
 
@@ -276,7 +253,7 @@ def _split_axes(spec: Spec, kinds: list[str], problems: _Problems, entries_ok: b
     return placement, block, dotted
 
 
-def _check_axis_values(kinds: list[str], placement: dict, block: dict, problems: _Problems) -> set[tuple[str, int]]:
+def _check_axis_values(kinds: list[str], placement: dict, block: dict, problems: Problems) -> set[tuple[str, int]]:
     """Each placement and block-parameter value's type, against every block that takes it;
     returns the ``(axis, index)`` of the bad ones (expansion skips them)."""
     bad: set[tuple[str, int]] = set()
@@ -334,7 +311,7 @@ def _fmt(v: Any) -> str:
 
 
 def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_MAX_TRIALS,
-           problems: Optional[_Problems] = None) -> Grid:
+           problems: Optional[Problems] = None) -> Grid:
     """All trials of ``spec``: validated, deterministic order, de-duplicated.
 
     Raises :class:`ConfigError` with every problem found (one line each; ``problems`` holds any
@@ -342,7 +319,7 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
     is built).
     """
     where = where or Lines("spec")
-    problems = problems if problems is not None else _Problems(where)
+    problems = problems if problems is not None else Problems(where)
     base_model = spec.base.get("model", {})
     if not isinstance(base_model, dict):
         problems.add(("base", "model"), "base.model: expected a mapping")
@@ -513,16 +490,10 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
         first = f"{where.source}:1" if path is not None else where.source
         raise ConfigError(f"{first}: a spec must be a mapping with name/base/axes/seeds, got "
                           f"{type(raw).__name__ if raw is not None else 'an empty document'}")
-    problems = _Problems(where)
+    problems = Problems(where)
     for p, v in _non_finite(raw):  # an axis value's problems name the axis line, like the others
         problems.add(p[:2] if p[0] == "axes" else p, f"{_dotted(p)}: {v} is not a finite number")
-    try:
-        spec = Spec.model_validate(raw)
-    except ValidationError as e:
-        for key, msg in validation_problems(e):
-            problems.add(tuple(key.split(".")), f"{key}: {msg}")
-        problems.raise_if_any()
-        raise  # pragma: no cover - a validation error always has a problem
+    spec = problems.validate(Spec, raw)
     grid = expand(spec, where, max_trials=max_trials, problems=problems)
     grid.path, grid.lines = path, where
     return grid

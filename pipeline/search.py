@@ -43,7 +43,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config import StrictModel, TrialConfig, attention_problems, validation_problems
 from .errors import ConfigError
-from .yamlio import Lines, load_file
+from .yamlio import Lines, Problems, load_file
 
 __all__ = ["SamplerSpec", "SearchSpec", "Dim", "Search", "SpaceFn", "load_search", "search_from_tree",
            "OBJECTIVES", "objective_metrics", "make_sampler", "make_storage", "open_study", "study_rows",
@@ -234,19 +234,6 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
 # reading and checking a spec
 # ---------------------------------------------------------------------------------------------
 
-class _Problems:
-    def __init__(self, where: Lines):
-        self.where, self.lines = where, {}
-
-    def add(self, path: tuple, text: str) -> None:
-        loc = self.where(*path)
-        self.lines.setdefault(f"{loc}: {text}", None)
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise ConfigError.many(list(self.lines))
-
-
 def load_search(path: Union[str, Path]) -> Search:
     """Read and check a search spec; :class:`ConfigError` with every problem, one line each."""
     raw, lines = load_file(path, what="search spec")
@@ -269,14 +256,8 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
     if not isinstance(raw, dict):
         raise ConfigError(f"{where.source}:1: a search spec must be a mapping with name/base/space, got "
                           f"{type(raw).__name__ if raw is not None else 'an empty document'}")
-    problems = _Problems(where)
-    try:
-        spec = SearchSpec.model_validate(raw)
-    except ValidationError as e:
-        for key, msg in validation_problems(e):
-            problems.add(tuple(key.split(".")), f"{key}: {msg}")
-        problems.raise_if_any()
-        raise  # pragma: no cover
+    problems = Problems(where)
+    spec = problems.validate(SearchSpec, raw)
 
     objectives = ([o.strip() for o in spec.objective.split(",")] if isinstance(spec.objective, str)
                   else list(spec.objective))
@@ -291,12 +272,7 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
     base = copy.deepcopy(spec.base)
     model = base.get("model") if isinstance(base.get("model"), dict) else None
     base_attention = model.pop("attention", None) if model is not None else None
-    try:
-        TrialConfig.model_validate(base)
-    except ValidationError as e:
-        for key, msg in validation_problems(e):
-            problems.add(("base", *key.split(".")), f"base.{key}: {msg}")
-        problems.raise_if_any()
+    problems.validate(TrialConfig, base, prefix=("base",))
 
     # the attention choices
     space = dict(spec.space)

@@ -51,6 +51,47 @@ _FOREIGN_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE
 KeyPath = tuple[Union[str, int], ...]
 
 
+class Problems:
+    """The problems found so far in a file, in order, one line each: ``file:line: key: what``.
+
+    A problem is a bad value: the same key at the same line is reported once, with the first
+    reason found (``stages: [4]`` on a 3-stage backbone is one problem, not one per block).
+    Ablation specs and search specs collect their problems here, and raise them all at once.
+    """
+
+    def __init__(self, where: "Lines"):
+        self.where = where
+        self.lines: dict[tuple[str, str], str] = {}
+
+    def add(self, path: tuple, text: str) -> None:
+        loc = self.where(*path)
+        self.lines.setdefault((loc, text.split(": ", 1)[0]), f"{loc}: {text}")
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError.many(self.lines.values())
+
+    def validate(self, model: Any, raw: Any, prefix: tuple = ()) -> Any:
+        """``model.model_validate(raw)``; when it fails, every error is added at its key's line
+        (under ``prefix``) and all problems so far are raised."""
+        from pydantic import ValidationError
+
+        from pipeline.config import validation_problems
+
+        try:
+            return model.model_validate(raw)
+        except ValidationError as e:
+            for key, msg in validation_problems(e):
+                self.add((*prefix, *key.split(".")), ".".join([*prefix, key]) + f": {msg}")
+            self.raise_if_any()
+            raise  # pragma: no cover - a validation error always has a problem
+
+
 @dataclass
 class Lines:
     """Where each value of a loaded document is: key path -> 1-based line, and the file name."""
