@@ -106,8 +106,10 @@ def test_preflight_names_the_node_and_refuses_local_stores(two_nodes, tmp_path):
 
 
 def test_grid_places_trials_on_both_nodes_then_survives_losing_one(two_nodes, tmp_path):
-    epochs = 6
-    spec = _spec(tmp_path, "twonode", {"attention": ["none", "se"]}, epochs=epochs, train_count=240)
+    # long enough that the worker's trial is still mid-run when the test sees its second epoch
+    # (an epoch here is well under a second: a 6-epoch trial could end before the kill landed)
+    epochs = 12
+    spec = _spec(tmp_path, "twonode", {"attention": ["none", "se"]}, epochs=epochs, train_count=480)
     storage = tmp_path / "storage"  # one filesystem, seen by both nodes: shared storage
     proc = subprocess.Popen(_grid(two_nodes, spec, storage, "--max-failures", "3"), env=_grid_env(two_nodes),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -121,7 +123,7 @@ def test_grid_places_trials_on_both_nodes_then_survives_losing_one(two_nodes, tm
     t0 = time.time()
     try:
         while time.time() - t0 < 600 and proc.poll() is None:
-            time.sleep(1)
+            time.sleep(0.3)
             try:
                 kids = _kids(store, "twonode")
             except Exception:  # noqa: BLE001 - the store is being created
@@ -130,11 +132,12 @@ def test_grid_places_trials_on_both_nodes_then_survives_losing_one(two_nodes, tm
             if on_worker:
                 hist = metric_history(store, on_worker[0].info.run_id, "val_top1")
                 if len(hist) >= 2:  # two epochs logged, a checkpoint at least at epoch 1
-                    victim = on_worker[0].info.run_id
-                    kept = dict(hist)
                     two_nodes.kill_worker()
+                    victim = on_worker[0].info.run_id
+                    kept = dict(metric_history(store, victim, "val_top1"))  # all it logged before the kill
                     break
         assert victim is not None, "no trial reached epoch 2 on the worker node:\n" + "".join(out)[-3000:]
+        assert len(kept) < epochs, f"the worker's trial ended before the kill ({len(kept)} epochs): the test proves nothing"
         rc = proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
