@@ -59,11 +59,12 @@ import torch
 import torch.nn as nn
 
 import blocks
-from benchmarks._memory import traced_peak_bytes
+from benchmarks._memory import minor_faults, retain_freed_memory, traced_peak_bytes
 from blocks.registry import UnknownBlockError
 
 SIZES = {"small": (64, 32), "large": (256, 56)}
 REFERENCE = "nonlocal (sub-sampled)"
+TWO_CONVS = "two 1×1 convs C→C'→C"
 GAUSS_REDUCTION = 8  # the gaussian block's default value width C' = C / 8
 
 
@@ -106,6 +107,7 @@ class Row:
     status: str = "ok"
     params: int = 0
     times_ms: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)  # minor page faults of each timed step
     peak_mib: float = math.nan
     act_mib: float = math.nan
     module: nn.Module | None = None
@@ -125,7 +127,7 @@ def rows_for(names: list[str]) -> list[Row]:
         Row("gaussian (dense form)", lambda c: blocks.create("gaussian", c, dense=True)),
         Row("gaussian (bn=False)", lambda c: blocks.create("gaussian", c, bn=False)),
         Row("gaussian (autograd reference path)", ReferencePath),
-        Row("two 1×1 convs C→C'→C", two_convs),
+        Row(TWO_CONVS, two_convs),
     ]
     agg_c = lambda c: max(1, c // GAUSS_REDUCTION)  # noqa: E731 (a one-line helper local to this function)
     for sigma in (2.0, 0.3):
@@ -203,9 +205,10 @@ def run_size(size: str, batch: int, repeats: int, only: set[str] | None) -> list
     for _ in range(repeats):
         for r in live:
             step(r.module, r.x, r.g)  # untimed: re-warm caches/allocator after the previous row
-            t0 = time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             step(r.module, r.x, r.g)
             r.times_ms.append((time.perf_counter() - t0) * 1e3)
+            r.faults.append(minor_faults() - f0)
     for r in live:
         r.peak_mib = peak_bytes(r.module, r.x, r.g) / 2**20
         r.act_mib = activation_bytes(r.module, r.x) / 2**20
@@ -220,22 +223,38 @@ def fmt(v: float, spec: str) -> str:
 def table(rows: list[Row]) -> str:
     ref = next((r for r in rows if r.label == REFERENCE and r.status == "ok"), None)
     lines = [
-        "| block | params | fwd+bwd ms | × NL-sub time | peak MiB | × NL-sub peak | act MiB | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| block | params | fwd+bwd ms | × NL-sub time | peak MiB | × NL-sub peak | act MiB | faults/step | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r.status != "ok":
-            lines.append(f"| {r.label} | | | | | | | {r.status} |")
+            lines.append(f"| {r.label} | | | | | | | | {r.status} |")
             continue
         tr = r.time_ms / ref.time_ms if ref else math.nan
         mr = r.peak_mib / ref.peak_mib if ref else math.nan
         lines.append(
             f"| {r.label} | {r.params:,} | {fmt(r.time_ms, '.1f')} | {fmt(tr, '.2f')} | "
-            f"{fmt(r.peak_mib, '.1f')} | {fmt(mr, '.2f')} | {fmt(r.act_mib, '.1f')} | |"
+            f"{fmt(r.peak_mib, '.1f')} | {fmt(mr, '.2f')} | {fmt(r.act_mib, '.1f')} | "
+            f"{statistics.median(r.faults) if r.faults else math.nan:,.0f} | |"
         )
     if ref is None:
         lines.append("\n(no sub-sampled non-local row: ratio columns are empty)")
+    paired = paired_ratio(rows, "gaussian", TWO_CONVS)
+    if paired:
+        lines.append(f"\ngaussian ÷ two 1×1 convs, per round (both timed in the same round): median {paired[1]:.3f}, "
+                     f"quartiles {paired[0]:.3f}–{paired[2]:.3f} over {len(next(r for r in rows if r.label == TWO_CONVS).times_ms)} rounds")
     return "\n".join(lines)
+
+
+def paired_ratio(rows: list[Row], num: str, den: str) -> tuple[float, float, float] | None:
+    """Quartiles of row ``num``'s time ÷ row ``den``'s time, round by round (a round times every
+    row once, so a slow spell of a shared machine hits both sides of a ratio)."""
+    a = next((r for r in rows if r.label == num and r.times_ms), None)
+    b = next((r for r in rows if r.label == den and r.times_ms), None)
+    if a is None or b is None or len(a.times_ms) < 2:
+        return None
+    q = statistics.quantiles([x / y for x, y in zip(a.times_ms, b.times_ms)], n=4, method="inclusive")
+    return q[0], q[1], q[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
                     "(the sub-sampled non-local reference row is always kept)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
+    ap.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                    help="retain: glibc keeps freed memory for reuse, so no row pays page faults for "
+                    "buffers it frees and re-allocates every step (see benchmarks/_memory.py); "
+                    "default: glibc as configured")
     a = ap.parse_args(argv)
+    allocator = a.allocator
+    if allocator == "retain" and not retain_freed_memory():
+        allocator = "default (not glibc)"
     sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
     bad = [s for s in sizes if s not in SIZES]
     if bad:
@@ -263,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             out += [
                 {"size": size, "channels": c, "hw": hw, "batch": a.batch, "label": r.label,
                  "status": r.status, "params": r.params, "time_ms": r.time_ms, "times_ms": r.times_ms,
-                 "peak_mib": r.peak_mib, "act_mib": r.act_mib}
+                 "peak_mib": r.peak_mib, "act_mib": r.act_mib, "faults": r.faults, "allocator": allocator}
                 for r in rows
             ]
         else:
             print(f"\n## {size}: C={c}, {hw}×{hw}, batch {a.batch}, median of {a.repeats} "
-                  f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs)\n")
+                  f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+                  f"allocator {allocator})\n")
             print(table(rows), flush=True)
     if a.json:
         print(json.dumps(out, indent=1, default=lambda v: None))

@@ -251,6 +251,42 @@ class GaussianAttention(MapsMixin, nn.Module):
         return z.view(n, c, h, w)
 
 
+def _per_sample(t: torch.Tensor) -> bool:
+    """One GEMM per sample on a CPU (each sample's slice of a width-C tensor stays in the
+    cache between the passes that read it); batched GEMMs elsewhere (one kernel launch)."""
+    return t.device.type == "cpu"
+
+
+def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L)."""
+    n, c, k = base.shape[0], w.shape[0], w.shape[1]
+    if not _per_sample(base):
+        return torch.baddbmm(base, w.expand(n, c, k), rhs)
+    out = torch.empty_like(base)  # (N, C, L)
+    for i in range(n):  # copy of base_i, then a GEMM adding onto it while it is in the cache
+        torch.addmm(base[i], w, rhs[i], out=out[i])
+    return out
+
+
+def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None = None):
+    """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g, one sample at a
+    time on a CPU so the second read of g_n comes from the cache.
+
+    a (N, K, L), g (N, C, L), p (P, C) -> (K, C), (N, P, L) or None.
+    """
+    n, k, c, l = a.shape[0], a.shape[1], g.shape[1], g.shape[2]
+    if not _per_sample(g):
+        outer = torch.bmm(a, g.transpose(1, 2)).sum(0)  # (K, C)
+        return outer, (torch.bmm(p.expand(n, *p.shape), g) if p is not None else None)
+    outer = g.new_zeros(k, c)  # (K, C)
+    proj = g.new_empty(n, p.shape[0], l) if p is not None else None  # (N, P, L)
+    for i in range(n):
+        outer.addmm_(a[i], g[i].t())
+        if p is not None:
+            torch.mm(p, g[i], out=proj[i])
+    return outer, proj
+
+
 class _SeparableBlock(torch.autograd.Function):
     """z = x + BN(W_out · Kh V Kwᵀ),  V = W_v x  — the whole block in one forward and one backward.
 
@@ -277,26 +313,34 @@ class _SeparableBlock(torch.autograd.Function):
         v = torch.bmm(w_v.expand(n, cp, c), x)  # (N, C', L)   V = W_v x
         t = torch.mm(v.view(b * h, w), kw.t()).view(b, h, w)  # (B, H, W)   T = V Kwᵀ
         y = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)  # (N, C', L)   y = Kh T
-        ya = torch.cat([y, y.new_ones(n, 1, l)], 1)  # (N, C'+1, L)   [y; 1]
         mean = var = s = invstd = y_mean = cov = None
+        batch_stats = gamma is not None and run_mean is None
+        if batch_stats:
+            # batch statistics of u = W_out y, from y's.  ya holds y centred, [y − m; 1]: then
+            # W' y + b' = W' (y − m) + β exactly (b' + W' m = β − s ⊙ μ + s ⊙ W_out m = β), and
+            # the covariance is the top-left block of one small GEMM of ya with itself
+            y_mean = y.mean((0, 2))  # (C',)   m
+            ya = y.new_empty(n, cp + 1, l)  # (N, C'+1, L)
+            torch.sub(y, y_mean.view(1, cp, 1), out=ya[:, :cp])
+            ya[:, cp].fill_(1.0)
+            del y
+            cov = torch.bmm(ya, ya.transpose(1, 2)).sum(0)[:cp, :cp] / (n * l)  # (C', C')   S
+            mean = w_out @ y_mean  # (C,)   μ = W_out m
+            var = ((w_out @ cov) * w_out).sum(1)  # (C,)   σ² = diag(W_out S W_outᵀ)
+        else:
+            ya = torch.cat([y, y.new_ones(n, 1, l)], 1)  # (N, C'+1, L)   [y; 1]
         if gamma is None:  # no BN: z = x + W_out y
             w_aug = torch.cat([w_out, w_out.new_zeros(c, 1)], 1)  # (C, C'+1)
         else:
-            if run_mean is None:  # batch statistics of u = W_out y, from y's
-                y_mean = y.mean((0, 2))  # (C',)   m
-                yc = y - y_mean.view(1, cp, 1)  # (N, C', L)
-                cov = torch.bmm(yc, yc.transpose(1, 2)).sum(0) / (n * l)  # (C', C')   S
-                del yc
-                mean = w_out @ y_mean  # (C,)   μ = W_out m
-                var = ((w_out @ cov) * w_out).sum(1)  # (C,)   σ² = diag(W_out S W_outᵀ)
-            else:
+            if not batch_stats:
                 mean, var = run_mean, run_var
             invstd = torch.rsqrt(var + eps)  # (C,)
             s = gamma * invstd  # (C,)
-            w_aug = torch.cat([s.unsqueeze(1) * w_out, (beta - s * mean).unsqueeze(1)], 1)  # (C, C'+1)
-        z = torch.baddbmm(x, w_aug.expand(n, c, cp + 1), ya)  # (N, C, L)   x + W' y + b'
+            bias = beta if batch_stats else beta - s * mean  # (C,)   b' (+ W' m when ya is centred)
+            w_aug = torch.cat([s.unsqueeze(1) * w_out, bias.unsqueeze(1)], 1)  # (C, C'+1)
+        z = _plus_gemm(x, w_aug, ya)  # (N, C, L)   x + W' y + b'
         ctx.save_for_backward(x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, cov)
-        ctx.batch_stats = gamma is not None and run_mean is None
+        ctx.batch_stats = batch_stats
         if mean is None:
             return z, None, None
         mean, var = mean.detach().clone(), var.detach().clone()
@@ -310,11 +354,13 @@ class _SeparableBlock(torch.autograd.Function):
         cp = w_v.shape[0]
         b, h, w = t.shape
         gz = gz.contiguous()
-        # z = x + W_aug ya:  dW_aug = Σ_n gz ya_nᵀ  (its last column is dL/db' = Σ gz),  dy = W'ᵀ gz
-        g_aug = torch.bmm(gz, ya.transpose(1, 2)).sum(0)  # (C, C'+1)
+        # z = x + W_aug ya:  dW_aug = Σ_n gz_n ya_nᵀ  (its last column is dL/db' = Σ gz),  dy = W'ᵀ gz
+        w2t = w_aug[:, :cp].t()  # (C', C)   W'ᵀ
+        g_aug_t, gy = _outer_and_project(ya, gz, w2t)  # (C'+1, C) = dW_augᵀ, (N, C', L)
+        g_aug = g_aug_t.t()  # (C, C'+1)
         g_w2, g_b2 = g_aug[:, :cp], g_aug[:, cp]  # (C, C'), (C,)
-        w2 = w_aug[:, :cp]  # (C, C')   W'
-        gy = torch.bmm(w2.t().expand(n, cp, c), gz)  # (N, C', L)
+        if ctx.batch_stats:  # ya held y − m: Σ gz yᵀ = Σ gz (y − m)ᵀ + (Σ gz) mᵀ
+            g_w2 = g_w2 + torch.outer(g_b2, y_mean)
         g_gamma = g_beta = None
         if gamma is None:
             g_wout = g_w2
@@ -324,7 +370,7 @@ class _SeparableBlock(torch.autograd.Function):
             g_gamma, g_beta = g_s * invstd, g_b2
             g_wout = s.unsqueeze(1) * g_w2  # (C, C')
             if ctx.batch_stats:
-                y = ya[:, :cp]  # (N, C', L)
+                yc = ya[:, :cp]  # (N, C', L)   y − m
                 g_mu = -g_b2 * s  # (C,)   through b'
                 g_var = -0.5 * g_s * s * invstd.square()  # (C,)   through invstd
                 # μ = W_out m:  dW_out += g_μ mᵀ,  dm = W_outᵀ g_μ
@@ -334,8 +380,7 @@ class _SeparableBlock(torch.autograd.Function):
                 g_cov = w_out.t() @ (g_var.unsqueeze(1) * w_out)  # (C', C')   symmetric
                 # S = Σ (y − m)(y − m)ᵀ / M, m = Σ y / M  →  dy += (2/M) dS (y − m) + dm / M
                 big_g = g_cov * (2.0 / (n * l))  # (C', C')
-                shift = g_m / (n * l) - big_g @ y_mean  # (C',)
-                gy = torch.baddbmm(gy, big_g.expand(n, cp, cp), y).add_(shift.view(1, cp, 1))
+                gy = torch.baddbmm(gy, big_g.expand(n, cp, cp), yc).add_((g_m / (n * l)).view(1, cp, 1))
         # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
         # (the kernel gradients only feed σ: skipped when σ is frozen)
         need_x, need_wv, need_kh, need_kw = ctx.needs_input_grad[:4]
@@ -344,7 +389,7 @@ class _SeparableBlock(torch.autograd.Function):
         g_t = torch.bmm(kh.t().expand(b, h, h), gyb)  # (B, H, W)
         g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w)) if need_kw else None  # (W, W)
         g_v = torch.mm(g_t.view(b * h, w), kw).view(n, cp, l)  # (N, C', L)
-        # V = W_v x:  dx = gz + W_vᵀ dV (one GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
-        g_x = torch.baddbmm(gz, w_v.t().expand(n, c, cp), g_v) if need_x else None  # (N, C, L)
-        g_wv = torch.bmm(g_v, x.transpose(1, 2)).sum(0) if need_wv else None  # (C', C)
+        # V = W_v x:  dx = gz + W_vᵀ dV (a GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
+        g_x = _plus_gemm(gz, w_v.t(), g_v) if need_x else None  # (N, C, L)
+        g_wv = _outer_and_project(g_v, x)[0] if need_wv else None  # (C', C)
         return g_x, g_wv, g_kh, g_kw, g_wout, g_gamma, g_beta, None, None, None, None

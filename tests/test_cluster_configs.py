@@ -746,7 +746,10 @@ def peer_auth_postgres(tmp_path):
             time.sleep(0.25)
         psql_as_postgres = as_pg + [_pg_bin("psql"), "-h", str(sock), "-U", "postgres", "-d", "postgres", "-c"]
         user = getpass.getuser()
-        time.sleep(0.5)
+        for _ in range(240):  # the socket exists before the server accepts connections
+            if subprocess.run(psql_as_postgres + ["SELECT 1"], capture_output=True, env=env).returncode == 0:
+                break
+            time.sleep(0.25)
         subprocess.run(psql_as_postgres + [f'CREATE ROLE "{user}" LOGIN'], check=True, capture_output=True, env=env)
         for db in ("mlflow", "mlflow_auth"):
             subprocess.run(psql_as_postgres + [f'CREATE DATABASE {db} OWNER "{user}"'], check=True, capture_output=True,

@@ -88,7 +88,8 @@ def test_failed_trial_resumes_from_checkpoint_one_run(tmp_path, ray_head, mlflow
 
 
 def test_driver_killed_then_resume(tmp_path, ray_head, mlflow_server):
-    spec = write_spec(tmp_path, "resume", {"attention": ["none", "se", "ssa"]}, epochs=2)
+    epochs = 4  # the grid must still be running when the test sees its first finished trial
+    spec = write_spec(tmp_path, "resume", {"attention": ["none", "se", "ssa"]}, epochs=epochs)
     env = grid_env(ray_head, mlflow_server)
     cmd = [sys.executable, str(ROOT / "experiments" / "grid.py"), "--spec", str(spec),
            "--storage", str(tmp_path / "storage"), "--max-concurrent", "1"]
@@ -96,7 +97,7 @@ def test_driver_killed_then_resume(tmp_path, ray_head, mlflow_server):
     deadline = time.time() + 600
     first = None
     while time.time() < deadline and first is None:
-        time.sleep(2)
+        time.sleep(0.5)
         _, kids = children(mlflow_server, "resume")
         done = [k for k in kids if k.info.status == "FINISHED"]
         first = done[0] if done else None
@@ -112,7 +113,7 @@ def test_driver_killed_then_resume(tmp_path, ray_head, mlflow_server):
     assert len(parents) == 1 and len(kids) == 3  # still one run per trial
     assert all(k.data.tags["attnlab.status"] == "finished" for k in kids)
     for k in kids:
-        assert [s for s, _ in metric_history(mlflow_server, k.info.run_id, "val_top1")] == [1, 2]
+        assert [s for s, _ in metric_history(mlflow_server, k.info.run_id, "val_top1")] == list(range(1, epochs + 1))
     # the trial that had finished was not trained again
     assert metric_history(mlflow_server, first.info.run_id, "epoch_time") == history_before
 

@@ -268,7 +268,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_head, mlflow_server):
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # the first trial is running and has its run
-            time.sleep(2)
+            time.sleep(0.5)
             _, kids = _runs(mlflow_server, "killed") if (storage / "killed" / "study.db").exists() else (None, [])
             if kids and any(k.data.metrics.get("val_top1") is not None for k in kids):
                 break
