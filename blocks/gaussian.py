@@ -74,13 +74,19 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
 * BN is folded into the output projection.  u = W_out y is linear in y, so the batch mean and
   variance of u's C channels follow from the mean m and covariance S of y's C' channels:
   μ = W_out m, σ²_c = (W_out S W_outᵀ)_cc; with s = γ/√(σ² + ε) the block is
-  z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x.  The width-C tensors u and
+  z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x (with batch statistics
+  written z = x + diag(s) W_out (y − m) + β, the same value: y is stored centred, which also
+  gives S from one small GEMM).  The width-C tensors u and
   BN(u) never exist, and BN's passes over them (statistics, normalise, add; in backward two
   reductions and the input gradient) are replaced by O(C'²·N·H·W) work on y.
 * The backward is written out (the chain rule through m, S, μ, σ², s, also in the function's
   comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz (no separate gradient
   accumulation pass), dL/d(W', b') one GEMM against [y; 1].
 * Saved for backward: x (the caller's), V, T = V Kwᵀ and [y; 1] (C' or C'+1 channels each).
+* On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
+  one sample at least), so that a chunk is still in the cache for the second pass over it (the
+  copy of x under the GEMM that adds onto it; in backward the two GEMMs that read gz, and gz's
+  copy under dL/dx); elsewhere they are batched GEMMs over the whole batch (one launch each).  For a square map Kw is Kh.
 Running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum`` or
 the cumulative average).  Tests compare it with ``forward_reference`` and the dense map in
 float64 (values, every gradient, running statistics) and run ``gradcheck`` on the function.
@@ -192,7 +198,7 @@ class GaussianAttention(MapsMixin, nn.Module):
         for the captured centre map)."""
         sigma = self.sigma.to(dtype)  # 0-d
         kh = gaussian_kernel_1d(h, sigma, self.threshold)  # (H, H)
-        kw = gaussian_kernel_1d(w, sigma, self.threshold)  # (W, W)
+        kw = kh if w == h else gaussian_kernel_1d(w, sigma, self.threshold)  # (W, W)
         if self._capture:
             self._keep("kernel_h", kh)
             self._keep("kernel_w", kw)
@@ -251,39 +257,42 @@ class GaussianAttention(MapsMixin, nn.Module):
         return z.view(n, c, h, w)
 
 
-def _per_sample(t: torch.Tensor) -> bool:
-    """One GEMM per sample on a CPU (each sample's slice of a width-C tensor stays in the
-    cache between the passes that read it); batched GEMMs elsewhere (one kernel launch)."""
-    return t.device.type == "cpu"
+#: On a CPU, GEMMs over width-C tensors run on chunks of the batch of about this many bytes, so
+#: that a chunk is still in the cache for the second pass over it (see the module docstring).
+CPU_CHUNK_BYTES = 4 * 2**20
+
+
+def _batch_chunks(t: torch.Tensor) -> list[slice]:
+    """Slices of t's batch (dim 0): the whole batch on an accelerator (one kernel launch), chunks
+    of about ``CPU_CHUNK_BYTES`` (at least one sample) on a CPU."""
+    n = t.shape[0]
+    per = max(1, CPU_CHUNK_BYTES // max(1, t[0].numel() * t.element_size())) if t.device.type == "cpu" else n
+    return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
 def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L)."""
-    n, c, k = base.shape[0], w.shape[0], w.shape[1]
-    if not _per_sample(base):
-        return torch.baddbmm(base, w.expand(n, c, k), rhs)
     out = torch.empty_like(base)  # (N, C, L)
-    for i in range(n):  # copy of base_i, then a GEMM adding onto it while it is in the cache
-        torch.addmm(base[i], w, rhs[i], out=out[i])
+    for sl in _batch_chunks(base):  # a copy of the chunk of base, then a GEMM adding onto it in the cache
+        k = base[sl].shape[0]
+        torch.baddbmm(base[sl], w.expand(k, *w.shape), rhs[sl], out=out[sl])
     return out
 
 
 def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None = None):
-    """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g, one sample at a
-    time on a CPU so the second read of g_n comes from the cache.
+    """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g, a chunk of the
+    batch at a time on a CPU so the second read of the chunk comes from the cache.
 
     a (N, K, L), g (N, C, L), p (P, C) -> (K, C), (N, P, L) or None.
     """
-    n, k, c, l = a.shape[0], a.shape[1], g.shape[1], g.shape[2]
-    if not _per_sample(g):
-        outer = torch.bmm(a, g.transpose(1, 2)).sum(0)  # (K, C)
-        return outer, (torch.bmm(p.expand(n, *p.shape), g) if p is not None else None)
-    outer = g.new_zeros(k, c)  # (K, C)
+    n, l = g.shape[0], g.shape[2]
+    outer = None
     proj = g.new_empty(n, p.shape[0], l) if p is not None else None  # (N, P, L)
-    for i in range(n):
-        outer.addmm_(a[i], g[i].t())
+    for sl in _batch_chunks(g):
+        part = torch.bmm(a[sl], g[sl].transpose(1, 2)).sum(0)  # (K, C)
+        outer = part if outer is None else outer.add_(part)
         if p is not None:
-            torch.mm(p, g[i], out=proj[i])
+            torch.bmm(p.expand(g[sl].shape[0], *p.shape), g[sl], out=proj[sl])
     return outer, proj
 
 
@@ -297,7 +306,8 @@ class _SeparableBlock(torch.autograd.Function):
     follow from y's (C' channels instead of C): μ = W_out m and σ²_c = (W_out S W_outᵀ)_cc with
     m, S the mean and biased covariance of y over (N, L).  With s = γ / √(σ² + ε),
     BN(u) = W' y + b', W' = diag(s) W_out, b' = β − s ⊙ μ, so z = x + [W' | b'] · [y; 1] is one
-    batched GEMM onto a copy of x: u and BN's output never exist.  The backward is the exact
+    GEMM onto a copy of x: u and BN's output never exist.  With batch statistics
+    [y; 1] is stored as [y − m; 1] and b' as β (W' m + b' = β).  The backward is the exact
     gradient of that composition (BN's statistics included, derived in the comments below):
     dL/dW' and dL/db' come out of one GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM
     onto a copy of gz.  Saved for backward: V, T = V Kwᵀ and [y; 1] (width C' each), not the
