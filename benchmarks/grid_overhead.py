@@ -59,7 +59,7 @@ STEPS = [
     ("Trial(cfg): data, model, optimizer", "pipeline.train", "Trial", "__init__"),
     ("  torch.use_deterministic_algorithms (imports torch._inductor)", "torch", "use_deterministic_algorithms", None),
     ("  make_loaders", "pipeline.data", "make_loaders", None),
-    ("    digits source (imports scikit-learn, loads the scans)", "pipeline.data.digits", "load_digits_source", None),
+    ("    digits source (the scans from scikit-learn's digits.csv.gz)", "pipeline.data.digits", "load_digits_source", None),
     ("  build_model", "pipeline.train", "build_model", None),
     ("  count_macs (torch FLOP counter)", "pipeline.train", "count_macs", None),
     ("Tracker.start (MLflow run, params, tags)", "pipeline.tracking", "Tracker", "start"),
