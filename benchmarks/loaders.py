@@ -5,7 +5,7 @@ Our torch backend is measured on the resized JPEG copy (``--format jpeg``, max s
 stored resolution of the .beton files) and, for reference, on the original files
 (``ours_torch_orig``).  Both FFCV loaders read the same .beton.
 
-    python benchmarks/loaders.py [--images 3000] [--res 160,224] [--batch 128] [--workers 2]
+    python -m benchmarks.loaders [--images 3000] [--res 160,224] [--batch 128] [--workers 2]
                                  [--rounds 5] [--data /tmp/attnlab-bench]
 
 It generates an ImageFolder of JPEGs (256-500 px, kept in --data for later runs), writes the
@@ -28,9 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
