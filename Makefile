@@ -39,19 +39,7 @@ $(FFCV_STAMP): $(STAMP)
 	if pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then \
 	  echo "install-ffcv: opencv4 and libturbojpeg found by pkg-config"; \
 	else \
-	  missing=""; \
-	  for p in $(FFCV_APT); do \
-	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
-	      || missing="$$missing $$p"; \
-	  done; \
-	  if [ -n "$$missing" ]; then \
-	    command -v apt-get >/dev/null 2>&1 \
-	      || { echo "install-ffcv: apt-get not found; install$$missing by hand" >&2; exit 1; }; \
-	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	    echo "install-ffcv: apt-get install$$missing"; \
-	    $$sudo apt-get update -qq; \
-	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
-	  fi; \
+	  sh infra/apt_install.sh install-ffcv $(FFCV_APT); \
 	fi
 	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e '.[ffcv]'
 	$(VPY) -c 'import ffcv, importlib.metadata as m; print("install-ffcv: ffcv", m.version("ffcv"), "imports")'
@@ -69,18 +57,8 @@ install-services: $(SERVICES_STAMP)
 $(SERVICES_STAMP): | $(VPY)
 	@set -e; \
 	if [ "$${ATTNLAB_SKIP_SERVICES:-0}" = 1 ]; then echo "install-services: skipped (ATTNLAB_SKIP_SERVICES=1)"; exit 0; fi; \
-	missing=""; \
-	for p in $(SERVICES_APT); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  command -v apt-get >/dev/null 2>&1 \
-	    || { echo "install-services: apt-get not found; install$$missing by hand or set ATTNLAB_SKIP_SERVICES=1" >&2; exit 1; }; \
-	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
-	  echo "install-services: apt-get install$$missing"; \
-	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
-	fi; \
+	sh infra/apt_install.sh install-services $(SERVICES_APT) \
+	  || { echo "install-services: or set ATTNLAB_SKIP_SERVICES=1" >&2; exit 1; }; \
 	touch $@
 
 # FFCV and the services are part of the test install. A user who cannot install them says so
