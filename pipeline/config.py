@@ -18,6 +18,8 @@ package (datasets come from the leaf :mod:`pipeline.catalog`); a :class:`ModelCo
 """
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
@@ -182,6 +184,8 @@ def check_data_root(data_cfg: DataConfig) -> list[str]:
         return [f"data.root: path does not exist: {root}"]
     if not root.is_dir():
         return [f"data.root: not a folder: {root}"]
+    if not os.access(root, os.R_OK | os.X_OK):
+        return [f"data.root: not readable: {root}"]
     return []
 
 

@@ -57,7 +57,7 @@ def test_torch_backend_layouts(tmp_path):
     (tmp_path / "plain").write_text("x")
     (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
     cases = {
-        ("imagenet", tmp_path / "nowhere"): "not found",
+        ("imagenet", tmp_path / "nowhere"): "does not exist",
         ("imagenet", tmp_path / "plain"): "not a folder",
         ("imagenet", None): "needs a root folder",
         ("imagefolder", tmp_path / "empty"): "no val/ folder",

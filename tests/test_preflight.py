@@ -20,7 +20,7 @@ def test_node_checks_find_missing_data_unshared_storage_and_dead_tracking(tmp_pa
                               "b": DIGITS},
                      "storage": str(other), "marker": marker, "tracking_uri": "http://127.0.0.1:9/"})
     text = "\n".join(r["problems"])
-    assert "nowhere" in text and "not found" in text
+    assert "nowhere" in text and "does not exist" in text
     assert "not shared" in text and "s3://" in text
     assert "http://127.0.0.1:9/" in text and "not reachable" in text
     assert r["backends"] == {"b": "torch"}

@@ -3,7 +3,7 @@
     >>> from pipeline.data.ready import check_data_ready, resolve_backend
     >>> resolve_backend({"dataset": "digits"})            # "ffcv" or "torch" on this node
     >>> check_data_ready({"dataset": "imagenet", "root": "/x", "beton_dir": "/y"})
-    ['data.root /x: not found', 'FFCV files for imagenet missing in beton_dir /y: ...']
+    ['data.root: path does not exist: /x', 'FFCV files for imagenet missing in beton_dir /y: ...']
 
 Nothing here reads an image, unpickles a batch or opens a ``.beton``: it looks at paths,
 folder layouts, manifests and file sizes.  Torch is not imported in this process: where FFCV
@@ -155,15 +155,12 @@ def resolve_backend(data_cfg: Union[dict, Any, str]) -> str:
 
 def _layout_problems(cfg) -> list[str]:
     """The dataset's folder layout, checked by listing (no image, pickle or text is read)."""
+    from pipeline.config import check_data_root
+
     root, name = cfg.root, cfg.dataset
-    if root is None:
-        return [f"data.root: dataset {name!r} needs a root folder"]
-    if not root.exists():
-        return [f"data.root {root}: not found"]
-    if not root.is_dir():
-        return [f"data.root {root}: not a folder"]
-    if not os.access(root, os.R_OK | os.X_OK):
-        return [f"data.root {root}: not readable"]
+    problems = check_data_root(cfg)  # the root itself: given, there, a folder, readable
+    if problems:
+        return problems
     if name in ("imagenet", "imagefolder"):
         out = []
         for split in ("train", "val"):
