@@ -220,9 +220,11 @@ def machine() -> str:
                 model = m.group(1).strip()
     except OSError:
         pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} CPUs (load average {load} at the end: other jobs share "
-            f"them), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+    loads = os.getloadavg()
+    shared = ": other jobs share them" if loads[0] > (os.cpu_count() or 1) else ""
+    load = ", ".join(f"{v:.1f}" for v in loads)
+    return (f"{model}, {os.cpu_count()} CPUs (load average {load} at the end{shared}), "
+            f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
