@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_path
 from experiments.spec import Grid, Trial, load_spec
 from pipeline.errors import ConfigError, cli_exit
-
-DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,16 +255,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.max_trials < 1:
         p.error("--max-trials must be >= 1")
-    for flag in ("max_concurrent", "max_failures"):
-        if getattr(a, flag) < 0:
-            p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
-        p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
-    g = a.gpus_per_trial
-    if g is not None and not (math.isfinite(g) and g >= 0 and (g <= 1 or g == int(g))):
-        p.error(f"--gpus-per-trial must be >= 0: a fraction up to 1 (trials share a GPU) or a whole number, got {g}")
-    if a.grace_period is not None and a.grace_period < 1:
-        p.error("--grace-period must be >= 1")
+    check_run_flags(p, a)
     if not (0 < a.tflops < float("inf")):
         p.error("--tflops must be a finite number > 0")
     return a
@@ -279,9 +269,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         grid = load_spec(a.spec, max_trials=a.max_trials)
         name = a.name or grid.spec.name
-        storage = a.storage or str(DEFAULT_STORAGE)
-        if "://" not in storage:
-            storage = str(Path(storage).expanduser().resolve())
         if a.dry_run:
             est = estimate(grid, a.tflops)
             if a.json:
@@ -293,6 +280,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             else:
                 print_table(grid, est, a.tflops)
             return 0
+        storage = storage_path(a.storage)
         exp_dir = Path(storage) / name if "://" not in storage else None
         if exp_dir is not None and exp_dir.exists() and not a.resume:
             raise ConfigError(f"grid {name!r} already exists at {exp_dir}; add --resume to continue it, "
@@ -355,7 +343,7 @@ def run_preflight(grid: Grid, uri: str, storage: str, a: argparse.Namespace) -> 
     from pipeline.tune import alive_nodes, cluster_gpus, run_on_every_node
 
     nodes_alive = alive_nodes()
-    if len(nodes_alive) > 1 and "://" not in storage and storage == str(DEFAULT_STORAGE):
+    if len(nodes_alive) > 1 and "://" not in storage and storage == str(DEFAULT_STORAGE.resolve()):
         raise ConfigError(f"--storage: the default {DEFAULT_STORAGE} is node-local and this cluster has "
                           f"{len(nodes_alive)} nodes; pass --storage on a shared filesystem or a URI (s3://bucket/runs)")
     data = {_data_key(t.config["data"]): t.config["data"] for t in grid.trials}

@@ -17,18 +17,14 @@ one line each, exit 2, before anything runs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any cwd
-
-from pipeline.errors import ConfigError, cli_exit  # noqa: E402
-
-DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_path
+from pipeline.errors import ConfigError, cli_exit
 
 
 def parse_args(argv: Optional[list[str]]) -> Any:
@@ -62,16 +58,7 @@ def parse_args(argv: Optional[list[str]]) -> Any:
     a = p.parse_args(argv)
     if a.trials is not None and a.trials < 1:
         p.error("--trials must be >= 1")
-    for flag in ("max_concurrent", "max_failures"):
-        if getattr(a, flag) < 0:
-            p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    if a.grace_period is not None and a.grace_period < 1:
-        p.error("--grace-period must be >= 1")
-    if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
-        p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
-    g = a.gpus_per_trial
-    if g is not None and not (math.isfinite(g) and g >= 0 and (g <= 1 or g == int(g))):
-        p.error(f"--gpus-per-trial must be >= 0: a fraction up to 1 or a whole number, got {g}")
+    check_run_flags(p, a)
     if a.objective is not None:
         objs = [o.strip() for o in a.objective.split(",")]
         if objs not in (["top1"], ["top1", "gmacs"], ["gmacs", "top1"]):
@@ -169,18 +156,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if a.objective:
             search.objectives = a.objective
         name = a.name or search.spec.name
-        if a.name is not None:
-            import re
-
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", a.name):
-                raise ConfigError(f"--name: {a.name!r}: letters, digits, '_', '.', '-' only")
         total = a.trials or search.spec.trials
         if a.check:
             print_space(search)
             return 0
-        storage = a.storage or str(DEFAULT_STORAGE)
-        if "://" not in storage:
-            storage = str(Path(storage).expanduser().resolve())
+        storage = storage_path(a.storage)
         url = study_url(a, storage, name)
         uri = tracking_uri(search, storage)
         experiment = (search.base.get("tracking") or {}).get("experiment") or name

@@ -48,8 +48,8 @@ from blocks import get as get_block
 from blocks import names as block_names
 from blocks.insert import NONE_NAMES, resolve_spec
 from pipeline import catalog
-from pipeline.config import (StrictModel, TrialConfig, attention_problems, identity_tree, min_resolution,
-                             validation_problems)
+from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, identity_tree,
+                             min_resolution, validation_problems)
 from pipeline.errors import ConfigError
 from pipeline.yamlio import Lines, Problems, load_file
 
@@ -59,7 +59,7 @@ MAX_SEED = 2**32 - 1
 
 
 class Spec(StrictModel):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=rf"^{NAME_PATTERN}$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, list[Any]] = Field(default_factory=dict)

@@ -31,9 +31,12 @@ from . import catalog
 __all__ = ["StrictModel", "SyntheticSpec", "DataConfig", "ModelConfig", "OptimConfig", "CheckpointConfig",
            "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial",
            "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "min_resolution",
-           "attention_param_problems", "validation_problems", "MIN_RES", "MAX_RES", "MAX_CLASSES"]
+           "attention_param_problems", "validation_problems", "MIN_RES", "MAX_RES", "MAX_CLASSES", "NAME_PATTERN"]
 
 MIN_RES, MAX_RES = 8, 1024  # training/eval resolution in px (and the backbone's own minimum)
+#: The name of a grid or search (spec field ``name``, ``--name``): a folder under the storage
+#: and an MLflow experiment.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}"
 MAX_CLASSES = 100_000
 MAX_BATCH = 65_536
 MAX_IMAGES = 10_000_000  # synthetic split sizes

@@ -41,7 +41,7 @@ from typing import Any, Optional, Union
 import optuna
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .config import StrictModel, TrialConfig, attention_problems, validation_problems
+from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, validation_problems
 from .errors import ConfigError
 from .yamlio import Lines, Problems, load_file
 
@@ -115,7 +115,7 @@ class DimSpec(StrictModel):
 
 
 class SearchSpec(StrictModel):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=rf"^{NAME_PATTERN}$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Any] = Field(min_length=1)

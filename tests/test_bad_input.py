@@ -7,6 +7,7 @@ with exactly one line on stderr.
 from __future__ import annotations
 
 import contextlib
+import os
 import io
 import subprocess
 import sys
@@ -188,3 +189,32 @@ def test_non_finite_numbers_are_reported_with_the_other_problems(tmp_path):
     assert rc == 2 and len(lines) == 2, err
     assert f"{p}:3: base.optim.lr: inf is not a finite number" in lines[0]
     assert f"{p}:5: axes.attention[1]: unknown attention 'sse'" in lines[1]
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+@pytest.mark.parametrize("case", ["storage-is-a-file", "storage-under-a-file", "storage-cannot-be-made",
+                                  "name-empty", "name-with-slash", "name-dot-dot"])
+def test_run_flags_are_checked_before_any_cluster_work(command, case, tmp_path):
+    """--storage and --name of both commands: one line, exit 2, nothing started, the file in the way
+    untouched (no Ray address is set: reaching cluster work would start a local Ray)."""
+    (tmp_path / "afile").write_text("keep me")
+    spec = ROOT / "experiments" / "specs" / ("smoke.yaml" if command == "grid" else "search/digits.yaml")
+    flag, value, needle = {
+        "storage-is-a-file": ("--storage", str(tmp_path / "afile"), "not a folder"),
+        "storage-under-a-file": ("--storage", str(tmp_path / "afile" / "runs"), "is a file, not a folder"),
+        "storage-cannot-be-made": ("--storage", "/proc/attnlab-runs", "cannot be created"),
+        "name-empty": ("--name", "", "--name ''"),
+        "name-with-slash": ("--name", "a/b", "--name 'a/b'"),
+        "name-dot-dot": ("--name", "..", "--name '..'"),
+    }[case]
+    argv = [sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec), flag, value]
+    if flag == "--name":
+        argv += ["--storage", str(tmp_path / "runs")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) <= 2 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "home" / "attnlab-runs").exists()

@@ -1,0 +1,56 @@
+"""What the grid and the search command lines share: the run name, the storage folder and the
+checks of the resource flags — each bad value one line, before any cluster work."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+from pipeline.config import NAME_PATTERN
+from pipeline.errors import ConfigError
+
+#: Where Tune keeps trial folders and checkpoints unless ``--storage`` says otherwise.
+DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
+
+
+def check_run_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """The flags both commands take: ``p.error`` (one line, exit 2) on the first bad one."""
+    if a.name is not None and not re.fullmatch(NAME_PATTERN, a.name):
+        p.error(f"--name {a.name!r}: a letter or digit, then letters, digits, '_', '.' or '-' (at most 200; "
+                "it names a folder and an MLflow experiment)")
+    for flag in ("max_concurrent", "max_failures"):
+        if getattr(a, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if a.grace_period is not None and a.grace_period < 1:
+        p.error("--grace-period must be >= 1")
+    if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
+        p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
+    g = a.gpus_per_trial
+    if g is not None and not (math.isfinite(g) and g >= 0 and (g <= 1 or g == int(g))):
+        p.error(f"--gpus-per-trial must be >= 0: a fraction up to 1 (trials share a GPU) or a whole number, got {g}")
+
+
+def storage_path(arg: Optional[str]) -> str:
+    """``--storage`` as Tune takes it: a URI as given, a local path absolute — a folder this user
+    can write, created if missing.  ConfigError (one line) otherwise."""
+    storage = arg or str(DEFAULT_STORAGE)
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser().resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "not a folder" if existing == path else f"{existing} is a file, not a folder"
+        raise ConfigError(f"--storage {path}: {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise ConfigError(f"--storage {path}: {what}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--storage {path}: cannot be created: {e.strerror or e}") from None
+    return str(path)
