@@ -297,14 +297,12 @@ def tracking_uri(grid: Grid, storage: str) -> str:
 
 
 def check_tracking(uri: str) -> None:
-    """A tracking server that does not answer is one line now, not minutes of client retries."""
-    from pipeline.tracking import check_reachable
+    """A tracking store runs cannot be written to (a server that does not answer, a SQLite file
+    that cannot be created, MLflow's retired file store) is one line now, not minutes of client
+    retries or a traceback in every trial."""
+    from pipeline.tracking import check_store
 
-    if uri.startswith(("http://", "https://")):
-        try:
-            check_reachable(uri)
-        except ConnectionError as e:
-            raise ConfigError(f"MLFLOW_TRACKING_URI: {e}") from None
+    check_store(uri)
 
 
 def check_existing_grid(grid: Grid, uri: str, experiment: str, name: str, resume: bool) -> None:

@@ -499,7 +499,9 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
     lines: Optional[Lines] = None
     if path is not None:
         loaded, lines = load_file(path, what="config file")
-        loaded = {} if loaded is None else loaded
+        if loaded is None:
+            raise ConfigError(f"{lines.source}:1: the config file is empty (a trial config is a mapping of "
+                              "sections; leave --config out to train the defaults)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{lines.source}: top level must be a mapping, got {type(loaded).__name__}")
         tree.update(loaded)

@@ -484,6 +484,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_trial_config(a.config, a.overrides)
         if a.resume is not None and not a.resume.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {a.resume}")
+        if cfg.tracking.enabled and cfg.tracking.uri:
+            from .tracking import check_store
+
+            check_store(cfg.tracking.uri)  # before any data or model work
         summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after,
                       reporter=EpochPrinter(cfg.optim.epochs))
     except ConfigError as e:

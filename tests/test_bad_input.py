@@ -218,3 +218,34 @@ def test_run_flags_are_checked_before_any_cluster_work(command, case, tmp_path):
     assert len(lines) <= 2 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "home" / "attnlab-runs").exists()
+
+
+@pytest.mark.parametrize("command", ["grid", "train", "claims"])
+@pytest.mark.parametrize("case", ["plain-path", "file-scheme", "sqlite-under-a-file", "server-not-answering"])
+def test_bad_tracking_uri_is_one_line_before_any_work(command, case, tmp_path):
+    """A tracking store runs cannot be written to is one line and exit 2 before any data, model or
+    cluster work — not a traceback from MLflow in every trial, not minutes of client retries."""
+    (tmp_path / "afile").write_text("keep me")
+    uri, needle = {
+        "plain-path": (str(tmp_path / "mlruns"), "file store is not supported"),
+        "file-scheme": (f"file://{tmp_path / 'mlruns'}", "file store is not supported"),
+        "sqlite-under-a-file": (f"sqlite:///{tmp_path / 'afile' / 'm.db'}", "cannot create"),
+        "server-not-answering": ("http://127.0.0.1:9", "is not reachable"),
+    }[case]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["HOME"] = str(tmp_path / "home")
+    argv = {
+        "grid": [sys.executable, str(ROOT / "experiments" / "grid.py"), "--spec",
+                 str(ROOT / "experiments" / "specs" / "smoke.yaml"), "--storage", str(tmp_path / "runs")],
+        "train": [sys.executable, "-m", "pipeline.train", "--set", f"tracking.uri={uri}",
+                  "--set", f"work_dir={tmp_path / 'work'}"],
+        "claims": [sys.executable, "-m", "experiments.claims", "sync", "--tracking-uri", uri],
+    }[command]
+    if command == "grid":
+        env["MLFLOW_TRACKING_URI"] = uri
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "work").exists()

@@ -48,13 +48,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             off = sum(not r.holds for r in results)
             print(f"\n{len(results) - off}/{len(results)} structural claims hold; {off} do not (reported above as they are)")
             return 0
-        from pipeline.tracking import check_reachable, ui_url
+        from pipeline.tracking import check_store, ui_url
 
         uri = _uri(a.tracking_uri)
-        try:
-            check_reachable(uri) if "://" in uri and not uri.startswith("sqlite") else None
-        except ConnectionError as e:
-            raise ConfigError(str(e)) from None
+        check_store(uri)
     except ConfigError as e:
         cli_exit(e)
     out = sync(uri, claims, a.experiment, files=a.files or None)
