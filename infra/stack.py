@@ -450,9 +450,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="MLflow backend store (postgres: a private server in the state folder)")
     p.add_argument("--pg-port", type=int, default=5432)
     a = p.parse_args(argv)
+    for flag in ("mlflow_port", "ray_port", "dashboard_port", "pg_port"):
+        if not 1 <= getattr(a, flag) <= 65535:
+            p.error(f"--{flag.replace('_', '-')} must be a port number 1..65535, got {getattr(a, flag)}")
+    if a.num_cpus is not None and a.num_cpus < 1:
+        p.error(f"--num-cpus must be >= 1, got {a.num_cpus}")
     state = a.state.expanduser().resolve()
+    if state.exists() and not state.is_dir():
+        p.error(f"--state {state}: not a folder")
     try:
         if a.action == "up":
+            try:
+                state.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StackError(f"--state {state}: cannot be created: {e.strerror or e}") from None
             if healthy(state):
                 s = json.loads((state / "stack.json").read_text())
                 print(f"stack already up: MLflow {s['mlflow_url']}  Ray {s['dashboard_url']}; state {state}")

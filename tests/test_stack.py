@@ -79,3 +79,23 @@ def test_stack_refuses_a_port_in_use_in_one_line(tmp_path):
                             f"--mlflow-port={busy}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and f"port {busy}" in r.stderr and "--mlflow-port" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["up", "--state", "{afile}"], "not a folder"),
+    (["status", "--state", "{afile}"], "not a folder"),
+    (["up", "--state", "{afile}/stack"], "cannot be created"),
+    (["up", "--mlflow-port", "0"], "--mlflow-port must be a port number 1..65535"),
+    (["up", "--ray-port", "70000"], "--ray-port must be a port number 1..65535"),
+    (["up", "--num-cpus", "0"], "--num-cpus must be >= 1"),
+])
+def test_stack_bad_flags_are_one_line_and_start_nothing(tmp_path, args, needle):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    argv = [a.format(afile=afile) for a in args]
+    if "--state" not in argv:
+        argv += ["--state", str(tmp_path / "state")]
+    r = subprocess.run([sys.executable, "-m", "infra.stack", *argv], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, env=dict(os.environ, HOME=str(tmp_path / "home")))
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert afile.read_text() == "keep me" and not (tmp_path / "state").exists()
