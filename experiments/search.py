@@ -167,10 +167,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from experiments.grid import check_tracking
         from pipeline.search import open_study
 
+        fingerprint = search.fingerprint()
+        open_study(name, url, search, a.resume, fingerprint, check_only=True)  # the study first: no run yet
         check_tracking(uri)
         check_parent(uri, experiment, name, a.resume)
-        fingerprint = search.fingerprint()
-        open_study(name, url, search, a.resume, fingerprint, check_only=True)
     except ConfigError as e:
         cli_exit(e)
     return run(search, a, name, total, storage, url, uri, experiment, fingerprint)

@@ -410,7 +410,10 @@ def make_sampler(s: SamplerSpec) -> Any:
 def make_storage(url: str) -> Any:
     """Optuna's RDB storage on any SQLAlchemy URL (``sqlite:///file``, ``postgresql://...``)."""
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--study-storage {url}: cannot create its folder: {e.strerror or e}") from None
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - a driver missing, a server down: one line

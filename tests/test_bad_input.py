@@ -249,3 +249,17 @@ def test_bad_tracking_uri_is_one_line_before_any_work(command, case, tmp_path):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("url,needle", [("notaurl", "Could not parse SQLAlchemy URL"),
+                                        ("sqlite:////proc/attnlab/study.db", "cannot create its folder")])
+def test_search_bad_study_storage_is_one_line_and_creates_no_run(url, needle, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "search.py"), "--spec",
+                        str(ROOT / "experiments" / "specs" / "search" / "digits.yaml"), "--storage", str(tmp_path / "runs"),
+                        "--study-storage", url], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert not list((tmp_path / "runs").glob("**/mlflow.db"))  # no tracking store touched before the study check
