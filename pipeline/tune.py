@@ -219,6 +219,18 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
+def _tune_defaults() -> None:
+    """Tune settings of every grid and search (a user's own environment variable wins).
+
+    The experiment state is saved every 5 s, so a driver killed mid-grid loses at most that.
+    Tune also saves it whenever a trial has checkpointed ``num_to_keep`` (1) times since the
+    last save, and with epochs of a few seconds warns about that on every save ("snapshotting
+    has been triggered multiple times ... may become a bottleneck"); a save takes milliseconds
+    here (the state of a few trials), so the warning only buries the trial results."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False,
              max_concurrent: int = 0, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
              max_failures: int = 2, scheduler: str = "none", epochs: int = 1, grace_period: Optional[int] = None,
@@ -228,8 +240,7 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
 
     Returns one row per trial: ``{"trial": id, "status": ..., metrics...}``.
     """
-    # Save the experiment state often: a driver killed mid-grid then loses at most a few seconds.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    _tune_defaults()
 
     def resources(config: dict[str, Any]) -> dict[str, float]:
         # A DDP trial's own process only waits on its Ray Train workers, which ask for the
@@ -404,7 +415,7 @@ def run_search(space: Any, *, sampler: Any, study_storage: Any, study_name: str,
     """
     from ray.tune.search import ConcurrencyLimiter
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    _tune_defaults()
     searcher = AttnlabOptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
                                    mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
                                    study_name=study_name, storage=study_storage)
