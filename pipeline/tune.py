@@ -145,9 +145,18 @@ def trainable(config: dict[str, Any], configs: Optional[dict[str, dict[str, Any]
     _fit_in_tune(cfg, ctx.get_trial_id(), _tune_reporter())
 
 
+#: Ray's INFO line per saved checkpoint ("Checkpoint successfully created at: ..."), once per
+#: epoch of every trial, buries the grid's own output; its warnings and errors still show.
+_QUIET_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage")
+
+
 def _fit_in_tune(cfg: Any, trial_id: str, reporter: Any) -> None:
     """``fit`` inside a Tune trial: node-local folders, this attempt's tags, and a resume from
     Tune's last checkpoint of the trial (a retry after a failure, or a restored experiment)."""
+    import logging
+
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     _node_local(cfg, trial_id)
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{trial_id}-"))
     resume_from = None
