@@ -30,6 +30,11 @@ from .insert import build_model
 from .registry import get, names
 
 
+#: The largest square input ``python -m blocks.cost`` builds (one image's activations at 2048 px
+#: are about a gigabyte in a ResNet-50; larger is an allocation failure, not a cost).
+MAX_INPUT = 2048
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -144,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     try:
-        if a.input is not None and a.input <= 0:
-            raise ValueError(f"--input must be > 0, got {a.input}")
+        if a.input is not None and not 0 < a.input <= MAX_INPUT:
+            raise ValueError(f"--input must be 1..{MAX_INPUT} px, got {a.input}")
+        if a.num_classes is not None and a.num_classes < 1:
+            raise ValueError(f"--num-classes must be >= 1, got {a.num_classes}")
+        if a.every is not None and a.every < 1:
+            raise ValueError(f"--every must be >= 1, got {a.every}")
         attention = None
         if a.attention and a.attention != "none":
             attention = {"kind": a.attention, "stages": a.stages, "slot": a.slot, "every": a.every}

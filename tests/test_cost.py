@@ -62,6 +62,10 @@ def test_json_carries_forms(capsys):
     (["--backbone", "resnet50", "--attention", "se", "--param", "reduction=true"], "reduction"),
     (["--backbone", "resnet50", "--bogus"], "unrecognized arguments"),
     (["--backbone", "nope"], "nope"),
+    (["--backbone", "resnet50", "--input", "100000"], "--input must be 1..2048 px"),
+    (["--backbone", "resnet50", "--input", "0"], "--input must be 1..2048 px"),
+    (["--backbone", "resnet50", "--num-classes", "0"], "--num-classes must be >= 1"),
+    (["--backbone", "resnet50", "--attention", "nonlocal", "--every", "0"], "--every must be >= 1"),
 ])
 def test_cost_cli_bad_input_is_one_line(argv, needle):
     import subprocess
