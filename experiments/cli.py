@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 from pathlib import Path
 from typing import Optional
 
 from pipeline.config import NAME_PATTERN
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, folder_problem
 
 #: Where Tune keeps trial folders and checkpoints unless ``--storage`` says otherwise.
 DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
@@ -40,17 +39,7 @@ def storage_path(arg: Optional[str]) -> str:
     if "://" in storage:
         return storage
     path = Path(storage).expanduser().resolve()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "not a folder" if existing == path else f"{existing} is a file, not a folder"
-        raise ConfigError(f"--storage {path}: {what}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "not writable" if existing == path else f"cannot be created: {existing} is not writable"
-        raise ConfigError(f"--storage {path}: {what}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--storage {path}: cannot be created: {e.strerror or e}") from None
+    problem = folder_problem(path)
+    if problem:
+        raise ConfigError(f"--storage {path}: {problem}")
     return str(path)

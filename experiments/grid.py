@@ -296,15 +296,6 @@ def tracking_uri(grid: Grid, storage: str) -> str:
     return grid_tracking_uri(grid.spec.base, storage)
 
 
-def check_tracking(uri: str) -> None:
-    """A tracking store runs cannot be written to (a server that does not answer, a SQLite file
-    that cannot be created, MLflow's retired file store) is one line now, not minutes of client
-    retries or a traceback in every trial."""
-    from pipeline.tracking import check_store
-
-    check_store(uri)
-
-
 def check_existing_grid(grid: Grid, uri: str, experiment: str, name: str, resume: bool) -> None:
     """Without ``resume`` an existing grid of that name in the experiment is an error (its runs
     are never silently reused); with ``resume`` the trials must be the ones the grid started
@@ -431,13 +422,13 @@ def close_trial_runs(uri: str, trials: list[dict[str, Any]], rows: list[dict[str
 
 
 def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
-    from pipeline.tracking import finish_parent, log_parent_artifacts, ui_url
+    from pipeline.tracking import check_store, finish_parent, log_parent_artifacts, ui_url
     from pipeline.tune import cluster_gpus, connect, run_grid
 
     try:
         uri = tracking_uri(grid, storage)
         experiment = (grid.spec.base.get("tracking") or {}).get("experiment") or name
-        check_tracking(uri)
+        check_store(uri)  # one line now, not minutes of client retries or a traceback in every trial
         check_existing_grid(grid, uri, experiment, name, a.resume)
         print(f"ray: {connect()}")
         if a.gpus_per_trial is None:

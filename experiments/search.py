@@ -164,12 +164,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         url = study_url(a, storage, name)
         uri = tracking_uri(search, storage)
         experiment = (search.base.get("tracking") or {}).get("experiment") or name
-        from experiments.grid import check_tracking
+        from pipeline.tracking import check_store
         from pipeline.search import open_study
 
         fingerprint = search.fingerprint()
         open_study(name, url, search, a.resume, fingerprint, check_only=True)  # the study first: no run yet
-        check_tracking(uri)
+        check_store(uri)
         check_parent(uri, experiment, name, a.resume)
     except ConfigError as e:
         cli_exit(e)

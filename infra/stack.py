@@ -437,7 +437,7 @@ def healthy(state: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import ArgumentParser, cli_exit
+    from pipeline.errors import ArgumentParser, cli_exit, folder_problem
 
     p = ArgumentParser(prog="python -m infra.stack", description="Local Ray head + MLflow server on 127.0.0.1.")
     p.add_argument("action", choices=["up", "down", "status", "env"])
@@ -460,10 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--state {state}: not a folder")
     try:
         if a.action == "up":
-            try:
-                state.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise StackError(f"--state {state}: cannot be created: {e.strerror or e}") from None
+            problem = folder_problem(state)
+            if problem:
+                raise StackError(f"--state {state}: {problem}")
             if healthy(state):
                 s = json.loads((state / "stack.json").read_text())
                 print(f"stack already up: MLflow {s['mlflow_url']}  Ray {s['dashboard_url']}; state {state}")

@@ -5,11 +5,14 @@
 * :func:`cli_exit` — print ``error: <line>`` per problem and exit 2; never a traceback.
 * :class:`ArgumentParser` — argparse whose usage errors are one line plus a pointer to
   ``--help`` (argparse's own prints the whole usage block first), exit 2.
+* :func:`folder_problem` — what stops a folder the user named from being used (made if missing).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Iterable, NoReturn, Optional
 
 
@@ -82,3 +85,25 @@ class ArgumentParser(argparse.ArgumentParser):
             sys.stderr.write(message)
             sys.stderr.flush()
         raise SystemExit(status)
+
+
+def folder_problem(path: Path) -> Optional[str]:
+    """Create ``path`` (and its parents) if missing; ``None`` when it is then a folder this user
+    can write, else why not, as the tail of a one-line error (``"not a folder"``,
+    ``"cannot be created: /x is a file, not a folder"``, ...)."""
+    if path.exists():
+        if not path.is_dir():
+            return "not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be created: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be created: {existing} is not writable"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot be created: {e.strerror or e}"
+    return None

@@ -42,7 +42,7 @@ import optuna
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, validation_problems
-from .errors import ConfigError
+from .errors import ConfigError, folder_problem
 from .yamlio import Lines, Problems, load_file
 
 __all__ = ["SamplerSpec", "SearchSpec", "Dim", "Search", "SpaceFn", "load_search", "search_from_tree",
@@ -410,10 +410,10 @@ def make_sampler(s: SamplerSpec) -> Any:
 def make_storage(url: str) -> Any:
     """Optuna's RDB storage on any SQLAlchemy URL (``sqlite:///file``, ``postgresql://...``)."""
     if url.startswith("sqlite:///"):
-        try:
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--study-storage {url}: cannot create its folder: {e.strerror or e}") from None
+        folder = Path(url[len("sqlite:///"):]).parent
+        problem = folder_problem(folder)
+        if problem:
+            raise ConfigError(f"--study-storage {url}: cannot create its folder {folder}: {problem}")
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - a driver missing, a server down: one line

@@ -394,7 +394,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     ``uri``: a server that answers, a SQLite file that exists or can be created, or another
     database URL (judged by MLflow when it connects).  MLflow's file store (a plain path or
     ``file://``) is refused: MLflow keeps it in maintenance mode and raises on first use."""
-    from .errors import ConfigError
+    from .errors import ConfigError, folder_problem
 
     if is_server_uri(uri):
         try:
@@ -404,17 +404,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         return
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        folder = db.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
         if db.exists() and not db.is_file():
             raise ConfigError(f"tracking URI {uri}: {db} is not a file")
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"tracking URI {uri}: cannot create the database under {folder}")
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"tracking URI {uri}: cannot create {db.parent}: {e.strerror or e}") from None
+        problem = folder_problem(db.parent)
+        if problem:
+            raise ConfigError(f"tracking URI {uri}: cannot create the database in {db.parent}: {problem}")
         return
     if "://" not in uri or uri.startswith("file:"):
         raise ConfigError(f"tracking URI {uri!r}: MLflow's file store is not supported (MLflow keeps it in "
