@@ -177,3 +177,43 @@ def test_cost_table_writes_between_its_markers(tmp_path):
     spa_stage_gmacs = [float(v) for v in rows["spa"][5:9]]
     assert spa_stage_gmacs[0] == pytest.approx(0.3594, abs=1e-3) and max(spa_stage_gmacs) < 0.41
     assert rows["spa"][4].strip() == "99,328"
+
+
+# --- gaussian_parts.py: the fused gaussian block taken apart ------------------------------------
+
+@pytest.mark.parametrize("n, c, hw", [(3, 16, 9), (2, 24, 7)])
+def test_gaussian_parts_are_the_blocks_own_gemms(n, c, hw):
+    """The parts' multiply-adds are those of every GEMM the block's forward+backward runs (torch's
+    FLOP counter on the block itself); what is left are the C·C'-sized products of the folded BN
+    (μ = W_out m, W_out S, their gradients)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.gaussian_parts import parts
+
+    m = blocks.create("gaussian", c).train()
+    torch.nn.init.normal_(m.bn.weight)
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        m(x).backward(torch.randn_like(x))
+    block_macs = counter.get_total_flops() // 2
+    parts_macs = sum(p.macs for p in parts(n, c, hw))
+    cp = c // 8
+    assert 0 <= block_macs - parts_macs <= 4 * c * cp * (cp + 1), (block_macs, parts_macs)
+
+
+def test_gaussian_parts_runs_and_reports_the_ratios():
+    r = _run_module("gaussian_parts", "--batch", "2", "--channels", "16", "--hw", "9", "--repeats", "2", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert len(out["parts"]) == 13 and all(p["ms"] > 0 for p in out["parts"])
+    assert out["parts_ms"] == pytest.approx(sum(out["groups_ms"].values()))
+    assert out["block_over_convs"] == pytest.approx(out["block_ms"] / out["convs_ms"])
+    assert out["parts_over_convs"] == pytest.approx(out["parts_ms"] / out["convs_ms"])
+
+
+@pytest.mark.parametrize("flag", [["--batch", "0"], ["--channels", "4"], ["--hw", "-1"], ["--repeats", "x"]])
+def test_gaussian_parts_bad_flags_are_one_line(flag):
+    r = _run_module("gaussian_parts", *flag)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 2, r.stderr
+    assert "Traceback" not in r.stderr and flag[0] in r.stderr.splitlines()[0]

@@ -1,0 +1,205 @@
+"""The gaussian block's fused step taken apart: each GEMM it runs, timed alone, beside the whole
+block and its two 1×1 convs, in the same rounds.
+
+    python -m benchmarks.gaussian_parts [--batch 8] [--channels 256] [--hw 56] [--repeats 11]
+                                        [--threads 1] [--json]
+
+(from the repository root.)  What it answers: how far the block (``blocks/gaussian.py``,
+``_SeparableBlock``) is from the sum of its own parts, and what that sum is against the two
+1×1 convs — the floor of the ratio ``benchmarks.block_speed`` reports, on this machine's GEMMs.
+
+Parts, each a torch call of the same kind, shape and memory layout as in the block (a copy of
+the chunked schedule where the block runs one, see its docstring), on random tensors:
+
+* projections (the same multiply-adds as the two convs, forward and backward): V = W_v x;
+  z = x + [W' | b'] [y; 1] onto a copy of x (the residual add included); Σ gz [y; 1]ᵀ and
+  W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV onto a copy of gz; dW_v = Σ dV xᵀ;
+* aggregation: T = V Kwᵀ, y = Kh T; backward dT = Khᵀ dy, dV = dT Kw, and the two kernel
+  gradients that reach σ (dKh = Σ dy Tᵀ, dKw = Σ dTᵀ V);
+* BN statistics folded onto y (C' channels): the moments of [y − m; 1] forward, the BN term
+  of dy backward.
+
+Each row gives its multiply-adds (the analytic count) and the median time; "GMAC/s" is their
+ratio.  Rounds are interleaved (every part, the block and the convs once per round, each
+after one untimed run) and the allocator keeps freed memory (benchmarks/_memory.py), as in
+``benchmarks.block_speed``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import blocks
+from benchmarks._memory import retain_freed_memory
+from pipeline.errors import ArgumentParser
+
+GROUPS = ("projections", "aggregation", "BN statistics")
+
+
+@dataclass
+class Part:
+    group: str
+    label: str
+    macs: int
+    run: Callable[[], object]
+    times_ms: list[float] = field(default_factory=list)
+
+    @property
+    def ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+
+def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
+    """The block's GEMMs at batch n, C = c, an hw×hw map, value width C' = c // reduction."""
+    cp, h = max(1, c // reduction), hw
+    w, l, b = hw, hw * hw, n * max(1, c // reduction)
+    per = max(1, 4 * 2**20 // (c * l * 4))  # the block's CPU chunk: about 4 MiB of x
+    chunks = [slice(i, min(i + per, n)) for i in range(0, n, per)]
+    x, gz = torch.randn(n, c, l), torch.randn(n, c, l)
+    w_v, w_aug = torch.randn(cp, c), torch.randn(c, cp + 1)
+    v, ya, gy = torch.randn(n, cp, l), torch.randn(n, cp + 1, l), torch.randn(n, cp, l)
+    t, g_t = torch.randn(b, h, w), torch.randn(b, h, w)
+    kh = torch.softmax(torch.randn(h, h), 1)
+    kw = kh
+    big_g = torch.randn(cp, cp)
+    out_c, out_cp = torch.empty(n, c, l), torch.empty(n, cp, l)
+    w2t = w_aug[:, :cp].t()
+
+    def onto_copy(base, weight, rhs):  # base + weight · rhs per sample, a chunk at a time
+        for sl in chunks:
+            k = sl.stop - sl.start
+            torch.baddbmm(base[sl], weight.expand(k, *weight.shape), rhs[sl], out=out_c[sl])
+
+    def outer_and_project():  # Σ [y; 1] gzᵀ and W'ᵀ gz, one read of each chunk of gz
+        for sl in chunks:
+            k = sl.stop - sl.start
+            torch.bmm(ya[sl], gz[sl].transpose(1, 2)).sum(0)
+            torch.bmm(w2t.expand(k, cp, c), gz[sl], out=out_cp[sl])
+
+    def outer_dv_x():
+        for sl in chunks:
+            torch.bmm(v[sl], x[sl].transpose(1, 2)).sum(0)
+
+    proj = n * c * cp * l  # multiply-adds of one 1×1 conv's GEMM
+    agg_x, agg_y = b * h * w * w, b * h * h * w  # along x (W-wide), along y (H-wide)
+    return [
+        Part("projections", "V = W_v x", proj, lambda: torch.bmm(w_v.expand(n, cp, c), x, out=out_cp)),
+        Part("projections", "z = x + W'[y; 1] onto a copy of x", n * c * (cp + 1) * l,
+             lambda: onto_copy(x, w_aug, ya)),
+        Part("projections", "Σ gz [y; 1]ᵀ and W'ᵀ gz, one pass over gz", n * c * (2 * cp + 1) * l,
+             outer_and_project),
+        Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: onto_copy(gz, w_v.t(), v)),
+        Part("projections", "dW_v = Σ dV xᵀ", proj, outer_dv_x),
+        Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
+        Part("aggregation", "y = Kh T", agg_y, lambda: torch.bmm(kh.expand(b, h, h), t)),
+        Part("aggregation", "dT = Khᵀ dy", agg_y, lambda: torch.bmm(kh.t().expand(b, h, h), gy.view(b, h, w))),
+        Part("aggregation", "dV = dT Kw", agg_x, lambda: torch.mm(g_t.view(b * h, w), kw)),
+        Part("aggregation", "dKh = Σ dy Tᵀ (σ)", agg_x,
+             lambda: torch.bmm(gy.view(b, h, w), t.transpose(1, 2)).sum(0)),
+        Part("aggregation", "dKw = Σ dTᵀ V (σ)", agg_y, lambda: torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))),
+        Part("BN statistics", "moments of [y − m; 1]", n * (cp + 1) ** 2 * l,
+             lambda: torch.bmm(ya, ya.transpose(1, 2)).sum(0)),
+        Part("BN statistics", "dy += (2/M) dS (y − m)", n * cp * cp * l,
+             lambda: torch.baddbmm(gy, big_g.expand(n, cp, cp), v)),
+    ]
+
+
+def _step(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+    m.zero_grad(set_to_none=True)
+    x.grad = None
+    m(x).backward(g)
+
+
+def measure(n: int, c: int, hw: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    ps = parts(n, c, hw)
+    cp = max(1, c // 8)
+    block = blocks.create("gaussian", c).train()
+    nn.init.normal_(block.bn.weight)  # a trained block's γ ≠ 0 (the function is the same either way)
+    convs = nn.Sequential(nn.Conv2d(c, cp, 1, bias=False), nn.Conv2d(cp, c, 1, bias=False)).train()
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    g = torch.randn(n, c, hw, hw)
+    whole = {"gaussian block": lambda: _step(block, x, g), "two 1×1 convs": lambda: _step(convs, x, g)}
+    times = {k: [] for k in whole}
+    for f in [*whole.values(), *(p.run for p in ps)]:
+        f()  # warm-up
+    for _ in range(repeats):
+        for k, f in whole.items():
+            f()
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+        for p in ps:
+            p.run()
+            t0 = time.perf_counter()
+            p.run()
+            p.times_ms.append((time.perf_counter() - t0) * 1e3)
+    block_ms = statistics.median(times["gaussian block"])
+    convs_ms = statistics.median(times["two 1×1 convs"])
+    sums = {grp: sum(p.ms for p in ps if p.group == grp) for grp in GROUPS}
+    total = sum(sums.values())
+    return {
+        "batch": n, "channels": c, "hw": hw, "repeats": repeats, "threads": torch.get_num_threads(),
+        "parts": [{"group": p.group, "label": p.label, "macs": p.macs, "ms": p.ms} for p in ps],
+        "groups_ms": sums, "parts_ms": total, "block_ms": block_ms, "convs_ms": convs_ms,
+        "parts_over_convs": total / convs_ms, "block_over_convs": block_ms / convs_ms,
+        "block_over_parts": block_ms / total,
+        "block_over_convs_paired": statistics.median(
+            a / b for a, b in zip(times["gaussian block"], times["two 1×1 convs"])),
+    }
+
+
+def report(r: dict) -> str:
+    lines = [
+        f"## batch {r['batch']}, C={r['channels']}, {r['hw']}×{r['hw']}, median of {r['repeats']} "
+        f"(torch {torch.__version__}, {r['threads']} threads, {os.cpu_count()} CPUs)\n",
+        "| group | part | M multiply-adds | ms | GMAC/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for p in r["parts"]:
+        lines.append(f"| {p['group']} | {p['label']} | {p['macs'] / 1e6:,.1f} | {p['ms']:.2f} | "
+                     f"{p['macs'] / p['ms'] / 1e6:.1f} |")
+    lines += ["", "| | ms | × two 1×1 convs |", "|---|---:|---:|"]
+    for grp, ms in r["groups_ms"].items():
+        lines.append(f"| sum: {grp} | {ms:.2f} | {ms / r['convs_ms']:.3f} |")
+    lines += [
+        f"| **sum of the parts** | **{r['parts_ms']:.2f}** | **{r['parts_over_convs']:.3f}** |",
+        f"| whole gaussian block (fwd+bwd) | {r['block_ms']:.2f} | {r['block_over_convs']:.3f} "
+        f"(paired per round: {r['block_over_convs_paired']:.3f}) |",
+        f"| two 1×1 convs (fwd+bwd) | {r['convs_ms']:.2f} | 1 |",
+        "",
+        f"block ÷ sum of its parts: {r['block_over_parts']:.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m benchmarks.gaussian_parts", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--channels", type=int, default=256)
+    ap.add_argument("--hw", type=int, default=56, help="side of the square map")
+    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the figure the docs quote)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    for name in ("batch", "channels", "hw", "repeats", "threads"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(a, name)}")
+    if a.channels < 8:
+        ap.error(f"--channels must be at least 8 (the block's value width is C / 8), got {a.channels}")
+    retain_freed_memory()
+    torch.set_num_threads(a.threads)
+    r = measure(a.batch, a.channels, a.hw, a.repeats)
+    print(json.dumps(r, indent=1) if a.json else report(r))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
