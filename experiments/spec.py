@@ -182,6 +182,10 @@ def _attention_entries(spec: Spec, problems: Problems) -> list[_Entry]:
     """The attention values (from ``axes.attention``, else ``base.model.attention``), checked."""
     model = spec.base.get("model")
     if "attention" in spec.axes:
+        if not spec.axes["attention"]:  # zero trials: certainly not what was meant
+            problems.add(("axes", "attention"), "axes.attention: an axis needs a non-empty list of values "
+                                                "(leave it out for the base's attention)")
+            return []
         values = [(v, ("axes", "attention", i)) for i, v in enumerate(spec.axes["attention"])]
         label = "axes.attention[{i}]"
     elif isinstance(model, dict) and model.get("attention") is not None:

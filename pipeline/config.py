@@ -447,6 +447,10 @@ class TrialConfig(StrictModel):
             if res < need:
                 why = f" with attention at stage {max(stages)}" if stages and need > min_resolution(m.backbone, m.small_stem) else ""
                 raise ValueError(f"data.{key}: {res} px is below the {need} px that {m.backbone}{why} needs")
+        classes = d.num_classes()  # None: known only from the folder (checked when the data is read)
+        if m.num_classes is not None and classes is not None and m.num_classes < classes:
+            raise ValueError(f"model.num_classes: {m.num_classes} is fewer than the {classes} classes of "
+                             f"{d.dataset!r} (leave it unset to use the dataset's)")
         return self
 
 
@@ -509,6 +513,10 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
     try:
         for text in overrides:
             k, v = parse_override(text)
+            lost = sorted(o for o in overridden if o.startswith(k + "."))
+            if lost:  # "a.b=1 a=x": the later one would silently drop the earlier
+                raise ValueError(f"--set {k} replaces the whole of {k}, dropping --set {lost[0]} given before it; "
+                                 f"give --set {k} first")
             _set_dotted(tree, k, v)
             overridden.add(k)
     except ValueError as e:
@@ -519,6 +527,9 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
         problems = []
         for key, msg in validation_problems(e):
             set_by = next((k for k in overridden if key == k or key.startswith(k + ".")), None)
+            if set_by is not None and set_by == key:  # "--set data.train_res: 9 px is below ..."
+                problems.append(f"--set {key}: {msg}")
+                continue
             if set_by is not None or lines is None:
                 where = f"--set {set_by}: " if set_by else ""
             else:
@@ -538,6 +549,7 @@ def validate_trial(tree: dict[str, Any], source: Optional[str] = None) -> TrialC
 
 
 _KEY_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[\w]+)+): ")
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_]\w*): ")
 
 
 def validation_problems(e: Any) -> list[tuple[str, str]]:
@@ -552,6 +564,8 @@ def validation_problems(e: Any) -> list[tuple[str, str]]:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         m = _KEY_PREFIX.match(msg)
+        if m is None and loc and err["type"] == "value_error":  # ours, about a field of this section
+            m = _FIELD_PREFIX.match(msg)
         if m:
             key = m.group(1)
             loc = key if not loc or key.startswith(loc + ".") else f"{loc}.{key}"

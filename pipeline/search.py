@@ -111,6 +111,12 @@ class DimSpec(StrictModel):
             raise ValueError(f"a log range needs low > 0, got low {self.low}")
         if self.log and self.step is not None:
             raise ValueError("a log range takes no step")
+        if self.step is not None:  # Optuna would silently move high onto the grid (low + k·step)
+            span, step = self.high - self.low, self.step
+            k = round(span / step)
+            if k < 1 or abs(k * step - span) > 1e-9 * max(abs(span), abs(step)):
+                raise ValueError(f"step {step} does not divide the range [{self.low}, {self.high}] "
+                                 f"(high − low = {span:g}): high must be low + a whole number of steps")
         return self
 
 

@@ -175,6 +175,9 @@ class Trial:
         self.train_loader, self.val_loader, self.data_info = make_loaders(
             cfg.data, device=self.device, seed=cfg.seed, rank=rank, world_size=world_size)
         num_classes = cfg.model.num_classes or self.data_info["num_classes"]
+        if num_classes < self.data_info["num_classes"]:  # a folder data set: its classes are known now
+            raise ConfigError(f"model.num_classes: {num_classes} is fewer than the {self.data_info['num_classes']} "
+                              f"classes of the data ({cfg.data.dataset})")
         try:
             self.model = build_model(cfg.model.backbone, num_classes, attention=cfg.model.attention,
                                      small_stem=cfg.model.small_stem, pretrained=cfg.model.pretrained)

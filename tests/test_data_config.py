@@ -249,8 +249,38 @@ def test_trial_config_file_errors_name_the_line(tmp_path, text, needle):
 def test_override_errors_name_the_override(tmp_path):
     from pipeline.config import load_trial_config
 
-    with pytest.raises(ConfigError, match=r"^--set optim.lr: optim.lr: Input should be a valid number"):
+    with pytest.raises(ConfigError, match=r"^--set optim.lr: Input should be a valid number"):
         load_trial_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match=r"^model.attention: attention .spa.: topk_ratio must be"):
+        load_trial_config(None, ["model.attention.kind=spa", "model.attention.topk_ratio=3"])
+
+
+def test_an_override_that_would_drop_an_earlier_one_is_an_error():
+    """``a.b=1 a=x``: the second replaces the whole of ``a``; the first must not vanish silently."""
+    from pipeline.config import load_trial_config
+
+    with pytest.raises(ConfigError, match=r"^--set model.attention replaces the whole of model.attention, "
+                                          r"dropping --set model.attention.topk_ratio given before it"):
+        load_trial_config(None, ["model.attention.topk_ratio=0.5", "model.attention=spa"])
+    cfg = load_trial_config(None, ["model.attention=spa", "model.attention.topk_ratio=0.5"])
+    assert cfg.model.attention == {"kind": "spa", "topk_ratio": 0.5}
+
+
+@pytest.mark.parametrize("dataset, classes", [("digits", 10), ("cifar100", 100), ("synthetic", 4)])
+def test_fewer_model_classes_than_the_data_has_is_an_error(dataset, classes):
+    """Fewer logits than classes would fail inside the first training step ("Target 9 is out of
+    bounds"); as many or more is allowed (a wider head, e.g. a checkpoint's)."""
+    from pipeline.config import TrialConfig, validation_problems
+
+    data = {"dataset": dataset, "train_res": 32}
+    if dataset == "synthetic":
+        data["synthetic"] = {"num_classes": classes}
+    with pytest.raises(ValidationError) as e:
+        TrialConfig.model_validate({"model": {"num_classes": classes - 1}, "data": data})
+    (key, msg), = validation_problems(e.value)
+    assert key == "model.num_classes" and f"fewer than the {classes} classes of '{dataset}'" in msg
+    for n in (classes, classes + 1):
+        TrialConfig.model_validate({"model": {"num_classes": n}, "data": data})
 
 
 def test_config_errors_carry_several_problems(capsys):

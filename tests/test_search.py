@@ -46,6 +46,8 @@ BAD = [
     ("optim.lr:\n    choices: []", "optim.lr", "empty choices"),
     ("optim.label_smoothing:\n    low: 0.0\n    high: 1.5", "optim.label_smoothing", "1.5"),
     ("optim.lrr:\n    low: 0.01\n    high: 0.1", "optim.lrr", "space.optim.lrr: unknown trial-config key"),
+    ("optim.lr:\n    low: 0.01\n    high: 0.1\n    step: 0.5", "optim.lr", "step 0.5 does not divide the range"),
+    ("optim.epochs:\n    low: 1\n    high: 6\n    step: 2", "optim.epochs", "step 2 does not divide the range"),
 ]
 
 
@@ -360,3 +362,12 @@ def test_every_shipped_search_spec_checks(path, capsys):
     captured = capsys.readouterr()
     assert code in (0, None), captured.err
     assert "optim.lr" in captured.out  # the space was printed
+
+
+def test_a_step_that_divides_the_range_is_accepted_despite_float_rounding():
+    from pipeline.search import DimSpec
+
+    DimSpec.model_validate({"low": 0.01, "high": 0.1, "step": 0.03})  # 0.09 / 0.03 = 3.0000000000000004
+    DimSpec.model_validate({"low": 1, "high": 7, "step": 2})
+    with pytest.raises(ValueError, match="does not divide"):
+        DimSpec.model_validate({"low": 0.0, "high": 1.0, "step": 0.3})

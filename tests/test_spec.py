@@ -297,9 +297,10 @@ def test_dry_run_counts_a_root_that_is_here(tmp_path, capsys):
             (tmp_path / "data" / "train" / cls / f"{i}.JPEG").write_bytes(b"")
     (tmp_path / "cifar").mkdir()
     p = tmp_path / "s.yaml"
-    for data, images, source in [({"dataset": "imagefolder", "root": str(tmp_path / "data")}, 6, "counted in"),
-                                 ({"dataset": "cifar10", "root": str(tmp_path / "cifar")}, 50_000, "found")]:
-        p.write_text(yaml.safe_dump({"name": "t", "base": {"model": {"backbone": "cifar_resnet20", "num_classes": 2},
+    for data, images, source, classes in [
+            ({"dataset": "imagefolder", "root": str(tmp_path / "data")}, 6, "counted in", 2),
+            ({"dataset": "cifar10", "root": str(tmp_path / "cifar")}, 50_000, "found", 10)]:
+        p.write_text(yaml.safe_dump({"name": "t", "base": {"model": {"backbone": "cifar_resnet20", "num_classes": classes},
                                                            "data": {**data, "train_res": 32}, "optim": {"epochs": 1}}}))
         assert main(["--spec", str(p), "--dry-run", "--json"]) == 0
         out = json.loads(capsys.readouterr().out)

@@ -158,3 +158,19 @@ def test_concurrent_trials_register_one_dataset(mlflow_server):
     for t in trackers:
         run = get_run(mlflow_server, t.run_id)
         assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["digits"]
+
+
+def test_fewer_model_classes_than_the_folder_has_is_one_line_exit_2(tmp_path):
+    """A folder data set's classes are known once it is read: fewer logits than classes is a
+    one-line error before training (it used to fail in the first step, 'Target 2 is out of bounds')."""
+    from _data_makers import make_imagefolder
+
+    make_imagefolder(tmp_path / "data", classes=("cat", "dog", "emu"))
+    cfg = _write(tmp_path, {"model": {"num_classes": 2},
+                            "data": {"dataset": "imagefolder", "root": str(tmp_path / "data"), "train_res": 32,
+                                     "batch_size": 4, "workers": 0},
+                            "optim": {"epochs": 1}, "tracking": {"enabled": False}, "work_dir": str(tmp_path)}, "c.yaml")
+    r = _train_cli("--config", cfg, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.num_classes: 2 is fewer than the 3 classes" in lines[0], r.stderr
