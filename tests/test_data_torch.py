@@ -137,12 +137,21 @@ def test_imagefolder_file_path(tmp_path):
     assert np.abs(x0 - ref).mean() < 3  # same pixels up to JPEG decoder rounding
 
 
-def test_worker_processes_give_the_same_val_batches(tmp_path):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_worker_processes_give_the_same_batches(tmp_path, channels_last):
+    """Batches finished in the workers (WorkerBatch: normalised a sample at a time) equal those
+    normalised in the main process (Normaliser), bit for bit, in either layout."""
     root = make_imagefolder(tmp_path / "if")
-    c = cfg(dataset="imagefolder", root=root, batch_size=4, train_res=16, workers=0)
-    v0 = collect(make_loaders(c)[1])
-    v1 = collect(make_loaders(c.model_copy(update={"workers": 1}))[1])
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(v0, v1))
+    c = cfg(dataset="imagefolder", root=root, batch_size=4, train_res=17, val_res=23, workers=0,
+            channels_last=channels_last)
+    for split in (0, 1):  # train (keyed augmentation), val
+        b0 = collect(make_loaders(c)[split])
+        b1 = collect(make_loaders(c.model_copy(update={"workers": 1}))[split])
+        assert len(b0) == len(b1) > 0
+        for (x0, y0), (x1, y1) in zip(b0, b1):
+            assert x1.dtype == torch.float32 and x1.is_contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
 def test_generated_images_go_through_the_sample_path():
