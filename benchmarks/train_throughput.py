@@ -20,7 +20,8 @@ from a :class:`~pipeline.config.TrialConfig`:
 images/s = images of the epoch / wall time of the ``train_epoch`` call (it ends with a host
 read of the loss, so the device has finished).  Every setting first runs one untimed warm-up
 epoch of each kind; the timed epochs then alternate trainer / model-only (and, on the CPU, the
-thread counts), ``--repeats`` of each, and the tables give medians.
+thread counts), ``--repeats`` of each, and the tables give medians.  Every epoch starts from
+the trial's initial weights and optimizer state (restored outside the timed call).
 
 Sizes (``auto``: ``full`` when CUDA is available, else ``small``):
 
@@ -42,6 +43,7 @@ the validation resolution; convolutions and matrix products only).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -145,10 +147,16 @@ def measure(attention: str, res: int, s: dict[str, Any], work_dir: str) -> list[
         fixed = FixedBatch(x, y, len(real))
         cuda = trial.device.type == "cuda"
         epoch = 0
+        # every epoch starts from the initial weights and optimizer state: the same work each
+        # time, and no drift (epochs of one repeated batch at a constant lr of 0.1 drove the
+        # position-attention blocks, pam and danet, to NaN by the third epoch)
+        start = copy.deepcopy((trial.model.state_dict(), trial.opt.state_dict()))
 
         def run(loader, n_threads) -> float:
             nonlocal epoch
             _threads(n_threads)
+            trial.model.load_state_dict(start[0])
+            trial.opt.load_state_dict(start[1])
             trial.train_loader = loader
             n = len(loader) * s["batch"]
             t0 = time.perf_counter()
