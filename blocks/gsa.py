@@ -55,6 +55,13 @@ reading of the paper.  Our axes: column attention runs along H (dim 2) with ``re
 attention along W (dim 3) with ``rel_row``; tests/test_block_gsa.py pins this on non-square,
 odd maps against a loop over the equations and with a pure one-pixel shift.
 
+Computation of the positional branch.  Through its weight maps, (N, heads, H, W, H) and
+(N, heads, H, W, W): d_k + d_v multiply-adds per position and key.  With narrow heads (d_k·d_v ≤
+d_k + d_v, e.g. 16 channels in 8 heads: d_k = d_v = 2), and no softmax or map capture asked for,
+the weights being linear in q, each step is re-associated as Σ_d q_d (Σ_c r_{·,c,d} v_c): one
+GEMM per step and an elementwise product, never the maps (the same function; float64 tests
+against the map form and the loop over the equations).  Measured effect in docs/training.md.
+
 Maps (``capture_maps``): ``key_softmax`` (N, heads, H, W) — the key softmax averaged over the
 head's d_k key channels (still sums to 1 over the map); ``column_attention`` (N, heads, H, W, H)
 — ``[n, h, a, b, a']`` is what query pixel (a, b) gives pixel (a', b) of its column;
@@ -193,6 +200,38 @@ class GSA(MapsMixin, nn.Module):
         return safe_softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
 
     def positional_branch(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        n, heads, dk, h, w = q.shape
+        if not (self.positional_softmax or self._capture) and dk * self.value_dim <= dk + self.value_dim:
+            return self._positional_factored(q, v)
+        return self._positional_maps(q, v)
+
+    def _positional_factored(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The positional branch without its weight maps (no softmax, nothing captured).
+
+        The weights are linear in q, so each step re-associates: Σ_c (Σ_d q_d r_{·,c,d}) v_c =
+        Σ_d q_d (Σ_c r_{·,c,d} v_c).  The inner sums are one GEMM over every (sample, head, value
+        channel) per step and the q-weighting an elementwise product over d_k: d_k·d_v
+        multiply-adds per position and key instead of d_k + d_v, but never the (H or W)-long
+        weights of every position — chosen when d_k·d_v ≤ d_k + d_v (the narrow heads of a
+        16-channel stage with 8 heads: d_k = d_v = 2), where the maps cost the most memory
+        traffic for the least arithmetic.
+        """
+        n, heads, dk, h, w = q.shape
+        dv = self.value_dim
+        r_col, _ = self._axis(self.rel_col, h, "height")  # (H, H, dk)   [a, c, d]; 0 off the neighbourhood
+        r_row, _ = self._axis(self.rel_row, w, "width")  # (W, W, dk)   [b, c, d]
+        # Column step: g[e, a, b] = Σ_d q[d, a, b] · u[e, d, a, b],  u[e, d, a, b] = Σ_c r_col[a, c, d] v[e, c, b]
+        rc = r_col.permute(2, 0, 1).reshape(dk * h, h)  # (dk·H, H)   rows (d, a), columns c
+        u = torch.matmul(rc, v.reshape(n * heads * dv, h, w)).view(n, heads, dv, dk, h, w)
+        g = (q.unsqueeze(2) * u).sum(3)  # (N, heads, dv, H, W)
+        g = self.norm(g.reshape(n, heads * dv, h, w)).view(n, heads, dv, h, w)
+        # Row step: out[e, a, b] = Σ_d q[d, a, b] · t[e, a, d, b],  t[e, a, d, b] = Σ_c g[e, a, c] r_row[b, c, d]
+        rr = r_row.permute(1, 2, 0).reshape(w, dk * w)  # (W, dk·W)   rows c, columns (d, b)
+        t = torch.matmul(g.reshape(n * heads * dv * h, w), rr).view(n, heads, dv, h, dk, w)
+        return (q.transpose(2, 3).unsqueeze(2) * t).sum(4)  # (N, heads, dv, H, W)
+
+    def _positional_maps(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The positional branch through its weight maps (N, heads, H, W, H) and (…, W)."""
         n, heads, _, h, w = q.shape
         # Column step: along H.  r_col[a, c] = r^col_{c-a}.
         r_col, valid_col = self._axis(self.rel_col, h, "height")  # (H, H, dk), (H, H)

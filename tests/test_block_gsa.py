@@ -225,3 +225,56 @@ def test_gsa_resnet_forward_and_params():
     # gsa_resnet(50): 18,139,640 (paper: 18.1M, unverified); here a 10-way fc and the 3×3 stem.
     expect = 18_139_640 - (2048 * 1000 + 1000) + (2048 * 10 + 10) - 64 * 3 * 7 * 7 + 64 * 3 * 3 * 3
     assert sum(p.numel() for p in net.parameters()) == expect
+
+
+FACTORED = [
+    ((5, 7), dict(max_len=8)),  # d_k = d_v = 2 (8 channels, 4 heads)
+    ((6, 3), dict(rel_length=3)),  # a finite neighbourhood
+    ((3, 5), dict(max_len=5, key_dim=1, value_dim=2)),  # 2 + 1 > 2: factored
+    ((1, 4), dict(max_len=4)),
+]
+
+
+@pytest.mark.parametrize("hw,kw", FACTORED, ids=[f"{h}x{w}-{'-'.join(kw)}" for (h, w), kw in FACTORED])
+def test_factored_positional_branch_matches_the_equations(hw, kw, monkeypatch):
+    """Narrow heads (d_k·d_v ≤ d_k + d_v) take the factored positional branch, which never builds
+    the weight maps: the block still equals the loop over the equations, and its gradients equal
+    the map form's (float64, train mode, non-square odd maps)."""
+    m = _module(heads=4, **kw)
+    assert m.key_dim * m.value_dim <= m.key_dim + m.value_dim
+    x = torch.randn(2, 8, *hw, dtype=torch.float64)
+    with torch.no_grad():
+        ref = _naive(m, x)
+    calls = []
+    monkeypatch.setattr(GSA, "_positional_maps", lambda self, q, v: calls.append(1) or 1 / 0)
+    with torch.no_grad():
+        y = m(x)
+    assert not calls
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    monkeypatch.undo()
+
+    m.train()
+    xs = x.clone().requires_grad_()
+    q, k, v = m.qkv(xs)
+    grads = []
+    for form in (m._positional_factored, m._positional_maps):
+        out = form(q, v)
+        grads.append(torch.autograd.grad(out.square().sum(), [xs, m.rel_col, m.rel_row, m.norm.weight],
+                                         retain_graph=True))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * (1 + b.abs().max().item()))
+
+
+def test_wide_heads_capture_and_softmax_use_the_weight_maps():
+    m = _module(heads=2)  # d_k = d_v = 4: 16 > 8
+    q, _, v = m.qkv(torch.randn(1, 8, 4, 5, dtype=torch.float64))
+    calls = []
+    orig = GSA._positional_maps
+    GSA._positional_maps = lambda self, q, v: calls.append(1) or orig(self, q, v)
+    try:
+        m.positional_branch(q, v)
+        narrow = _module(heads=4, positional_softmax=True)
+        narrow.positional_branch(*narrow.qkv(torch.randn(1, 8, 4, 5, dtype=torch.float64))[::2])
+    finally:
+        GSA._positional_maps = orig
+    assert len(calls) == 2
