@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 
 import blocks
+from blocks.gaussian import _batch_chunks
+from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
 from pipeline.errors import ArgumentParser
 
@@ -58,11 +60,11 @@ class Part:
 
 def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     """The block's GEMMs at batch n, C = c, an hw×hw map, value width C' = c // reduction."""
-    cp, h = max(1, c // reduction), hw
-    w, l, b = hw, hw * hw, n * max(1, c // reduction)
-    per = max(1, 4 * 2**20 // (c * l * 4))  # the block's CPU chunk: about 4 MiB of x
-    chunks = [slice(i, min(i + per, n)) for i in range(0, n, per)]
+    cp = reduced(c, reduction)  # the block's value width
+    h, w, l = hw, hw, hw * hw
+    b = n * cp
     x, gz = torch.randn(n, c, l), torch.randn(n, c, l)
+    chunks = _batch_chunks(x)  # the block's own CPU chunks of the batch
     w_v, w_aug = torch.randn(cp, c), torch.randn(c, cp + 1)
     v, ya, gy = torch.randn(n, cp, l), torch.randn(n, cp + 1, l), torch.randn(n, cp, l)
     t, g_t = torch.randn(b, h, w), torch.randn(b, h, w)
@@ -120,7 +122,7 @@ def _step(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
 def measure(n: int, c: int, hw: int, repeats: int) -> dict:
     torch.manual_seed(0)
     ps = parts(n, c, hw)
-    cp = max(1, c // 8)
+    cp = reduced(c, 8)  # the block's default reduction
     block = blocks.create("gaussian", c).train()
     nn.init.normal_(block.bn.weight)  # a trained block's γ ≠ 0 (the function is the same either way)
     convs = nn.Sequential(nn.Conv2d(c, cp, 1, bias=False), nn.Conv2d(cp, c, 1, bias=False)).train()
