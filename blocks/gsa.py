@@ -200,7 +200,7 @@ class GSA(MapsMixin, nn.Module):
         return safe_softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
 
     def positional_branch(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        n, heads, dk, h, w = q.shape
+        dk = q.shape[2]
         if not (self.positional_softmax or self._capture) and dk * self.value_dim <= dk + self.value_dim:
             return self._positional_factored(q, v)
         return self._positional_maps(q, v)
