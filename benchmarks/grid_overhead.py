@@ -57,11 +57,12 @@ MODELS = ("none", "se", "spa", "gaussian")
 # steps timed inside the first fit start: (label, module, attribute, owner class or None)
 STEPS = [
     ("Trial(cfg): data, model, optimizer", "pipeline.train", "Trial", "__init__"),
-    ("  torch.use_deterministic_algorithms (imports torch._inductor)", "torch", "use_deterministic_algorithms", None),
+    ("  deterministic_algorithms (the flag, no torch._inductor import)", "pipeline.train", "deterministic_algorithms", None),
     ("  make_loaders", "pipeline.data", "make_loaders", None),
     ("    digits source (the scans from scikit-learn's digits.csv.gz)", "pipeline.data.digits", "load_digits_source", None),
     ("  build_model", "pipeline.train", "build_model", None),
-    ("  count_macs (torch FLOP counter)", "pipeline.train", "count_macs", None),
+    ("  count_macs (torch's FLOP formulas)", "pipeline.train", "count_macs", None),
+    ("  SGD (pipeline.optim)", "pipeline.train", "SGD", "__init__"),
     ("Tracker.start (MLflow run, params, tags)", "pipeline.tracking", "Tracker", "start"),
     ("Tracker.log_dict (config.json artifact)", "pipeline.tracking", "Tracker", "log_dict"),
     ("Tracker.log_dataset", "pipeline.tracking", "Tracker", "log_dataset"),

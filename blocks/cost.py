@@ -1,8 +1,9 @@
 """Parameters and compute of a backbone with attention.
 
-Compute comes from torch's own FLOP counter (``torch.utils.flop_counter.FlopCounterMode``),
-which counts a multiply-add as 2 FLOPs and covers convolutions and matrix products (not
-element-wise ops).  We report GMACs = FLOPs / 2 / 1e9, the unit the papers call "GFLOPs"
+Compute comes from torch's own per-operator FLOP formulas (those of
+``torch.utils.flop_counter.FlopCounterMode``, applied by :class:`_MacCounter`), which count a
+multiply-add as 2 FLOPs and cover convolutions and matrix products (not element-wise ops).
+We report GMACs = FLOPs / 2 / 1e9, the unit the papers call "GFLOPs"
 (torchvision ResNet-50 v1.5 at 224×224: 4.089 GMACs; v1, as in the papers: 3.858).
 
     python -m blocks.cost --backbone resnet50 --attention cbam --stages 1,2,3,4 --input 224 --json
@@ -23,7 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .backbones import backbone_names, get_backbone
 from .insert import build_model
@@ -33,6 +35,41 @@ from .registry import get, names
 #: The largest square input ``python -m blocks.cost`` builds (one image's activations at 2048 px
 #: are about a gigabyte in a ResNet-50; larger is an allocation failure, not a cost).
 MAX_INPUT = 2048
+
+
+class _MacCounter(TorchDispatchMode):
+    """Multiply-adds of the operators run under it, by torch's per-operator FLOP formulas.
+
+    The count is ``torch.utils.flop_counter.FlopCounterMode``'s (the same formulas, operators
+    without one decomposed the same way; a test keeps the two equal for every block), without
+    two things we do not use: the per-module table, and the ``torch._dynamo`` import on the first
+    operator. torch wraps every dispatch mode's ``__torch_dispatch__`` in ``torch._disable_dynamo``,
+    which imports ``torch._dynamo`` (about a second, with inductor and sympy) the first time it
+    runs — in every fresh process that counts a model, i.e. every trial's first start in a Ray
+    worker. The wrapper only matters when the mode runs inside a ``torch.compile``-d region;
+    ours never does (an eager forward on one image), so this mode opts out of it.
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in flop_registry and func is not torch.ops.prim.device.default:
+            with self:
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def count_params(module: nn.Module) -> int:
@@ -59,13 +96,13 @@ def macs_and_forms(model: nn.Module, input_size: tuple[int, int], channels: int 
     model.eval()
     x = torch.zeros(1, channels, *input_size)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), _MacCounter() as counter:
             model(x)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return counter.get_total_flops() // 2, forms
+    return counter.flops // 2, forms
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> int:

@@ -34,6 +34,7 @@ from blocks.cost import count_macs, count_params
 
 from .config import TrialConfig, load_trial_config
 from .errors import ConfigError
+from .optim import SGD, StepSchedule
 
 Reporter = Callable[[dict[str, Any], Optional[Path]], None]
 CKPT_NAME = "last.pt"
@@ -66,6 +67,20 @@ def resolve_precision(cfg: TrialConfig, device: torch.device) -> str:
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision: fp16 needs CUDA (use fp32 or bf16 on CPU)")
     return cfg.precision
+
+
+def deterministic_algorithms(compiling: bool) -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)``, without its import of inductor
+    when nothing is compiled.
+
+    The public call also sets ``torch._inductor.config.deterministic``, which only
+    ``torch.compile`` reads, and imports ``torch._inductor`` (about a second) to do it. A trial
+    that compiles, or a process where inductor is loaded already, gets the public call.
+    """
+    if compiling or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_everything(seed: int, epoch: int) -> None:
@@ -170,7 +185,7 @@ class Trial:
         self.device = resolve_device(cfg)
         self.precision = resolve_precision(cfg, self.device)
         if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            deterministic_algorithms(compiling=cfg.compile)
         seed_everything(cfg.seed, -1)
         self.train_loader, self.val_loader, self.data_info = make_loaders(
             cfg.data, device=self.device, seed=cfg.seed, rank=rank, world_size=world_size)
@@ -200,11 +215,10 @@ class Trial:
         if cfg.compile:
             self.net = torch.compile(self.net)
         o = cfg.optim
-        self.opt = torch.optim.SGD(param_groups(self.model, o.weight_decay, o.no_decay_norm_bias),
-                                   lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+        self.opt = SGD(param_groups(self.model, o.weight_decay, o.no_decay_norm_bias),
+                       lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
         self.steps_per_epoch = max(len(self.train_loader), 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(cfg, s, self.steps_per_epoch))
+        self.sched = StepSchedule(self.opt, lambda s: lr_factor(cfg, s, self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.state = TrialState()
 

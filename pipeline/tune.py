@@ -1,4 +1,5 @@
-"""Ray Tune, behind one thin adapter we own (the only module that imports ray).
+"""Ray Tune, behind one thin adapter we own (with :mod:`pipeline.optuna_search`, the only
+modules that import ray).
 
 * :func:`trainable` — a plain function trainable: it takes its config (``{"trial": <TrialConfig
   tree>}``), resumes from Tune's checkpoint when there is one (a retry after a failure, or a
@@ -303,8 +304,6 @@ def run_grid(trials: list[dict[str, Any]], *, name: str, storage: str, resume: b
 # searches (experiments/search.py): Optuna's define-by-run sampler through Tune's OptunaSearch
 # ---------------------------------------------------------------------------------------------
 
-from ray.tune.search.optuna import OptunaSearch as _OptunaSearch  # noqa: E402
-
 SEARCH_STATUS = "attnlab.status"  # an Optuna user attribute of each trial, as on its MLflow run
 
 
@@ -318,25 +317,6 @@ def search_status(result: Optional[dict[str, Any]], error: bool = False) -> str:
             and result["epoch"] < result["max_epochs"]:
         return "stopped_early"
     return "finished"
-
-
-class AttnlabOptunaSearch(_OptunaSearch):
-    """Ray's ``OptunaSearch``, telling Optuna how a trial ended: a trial the scheduler stopped
-    early is PRUNED (its intermediate values stay; its truncated score is not a final value),
-    and each Optuna trial carries ``attnlab.status`` and Tune's trial id as user attributes."""
-
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        status = search_status(result, error)
-        if ot_trial is not None and trial_id not in self._completed_trials:
-            try:
-                ot_trial.set_user_attr(SEARCH_STATUS, status)
-                ot_trial.set_user_attr("attnlab.tune_trial_id", trial_id)
-            except Exception:  # noqa: BLE001 - an attribute is not worth losing the result
-                pass
-        if status == "stopped_early":
-            result = None  # no value, no error: Optuna records it PRUNED
-        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def trial_gmacs(cfg: Any) -> float:
@@ -425,6 +405,8 @@ def run_search(space: Any, *, sampler: Any, study_storage: Any, study_name: str,
     from ray.tune.search import ConcurrencyLimiter
 
     _tune_defaults()
+    from .optuna_search import AttnlabOptunaSearch  # imports optuna: searches only, not grid trials
+
     searcher = AttnlabOptunaSearch(space=space, metric=metrics if len(metrics) > 1 else metrics[0],
                                    mode=modes if len(modes) > 1 else modes[0], sampler=sampler,
                                    study_name=study_name, storage=study_storage)

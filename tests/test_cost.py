@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import blocks
-from blocks.cost import describe_forms, main, model_cost
+from blocks.cost import count_macs, describe_forms, main, model_cost
 
 # (backbone, stages): SPA (stage_end) and non-local (after_block, every 2nd) one stage at a time
 STAGES = [("resnet50", s) for s in (1, 2, 3, 4)] + [
@@ -76,3 +77,16 @@ def test_cost_cli_bad_input_is_one_line(argv, needle):
     first = r.stderr.strip().splitlines()[0]
     assert needle in first and "Traceback" not in r.stderr
     assert len([ln for ln in r.stderr.splitlines() if "error" in ln]) == 1
+
+
+@pytest.mark.parametrize("attention", [None, *blocks.names()])
+def test_count_macs_equals_torchs_flop_counter(attention):
+    """``count_macs`` applies torch's FLOP formulas in its own dispatch mode (no torch._dynamo
+    import): on every block, at an odd non-square input, it counts what torch's counter counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = None if attention is None else {"kind": attention}
+    model = blocks.build_model("cifar_resnet20", 10, attention=spec).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 19, 13))
+    assert count_macs(model, (19, 13)) == counter.get_total_flops() // 2 > 0
