@@ -75,14 +75,15 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
   variance of u's C channels follow from the mean m and covariance S of y's C' channels:
   μ = W_out m, σ²_c = (W_out S W_outᵀ)_cc; with s = γ/√(σ² + ε) the block is
   z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x (with batch statistics
-  written z = x + diag(s) W_out (y − m) + β, the same value: y is stored centred, which also
-  gives S from one small GEMM).  The width-C tensors u and
+  written z = x + W' (y − k) + β − s ⊙ W_out (m − k), the same value, k the batch mean of y up
+  to rounding: y is stored centred, and one small GEMM of [y − k; 1] with itself gives S and
+  m's correction).  The width-C tensors u and
   BN(u) never exist, and BN's passes over them (statistics, normalise, add; in backward two
   reductions and the input gradient) are replaced by O(C'²·N·H·W) work on y.
 * The backward is written out (the chain rule through m, S, μ, σ², s, also in the function's
   comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz (no separate gradient
   accumulation pass), dL/d(W', b') one GEMM against [y; 1].
-* Saved for backward: x (the caller's), V, T = V Kwᵀ and [y; 1] (C' or C'+1 channels each).
+* Saved for backward: x (the caller's), V, T = V Kwᵀ and [y − k; 1] (C' or C'+1 channels each).
 * On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
   one sample at least), so that a chunk is still in the cache for the second pass over it (the
   copy of x under the GEMM that adds onto it; in backward the two GEMMs that read gz, and gz's
@@ -306,11 +307,11 @@ class _SeparableBlock(torch.autograd.Function):
     follow from y's (C' channels instead of C): μ = W_out m and σ²_c = (W_out S W_outᵀ)_cc with
     m, S the mean and biased covariance of y over (N, L).  With s = γ / √(σ² + ε),
     BN(u) = W' y + b', W' = diag(s) W_out, b' = β − s ⊙ μ, so z = x + [W' | b'] · [y; 1] is one
-    GEMM onto a copy of x: u and BN's output never exist.  With batch statistics
-    [y; 1] is stored as [y − m; 1] and b' as β (W' m + b' = β).  The backward is the exact
-    gradient of that composition (BN's statistics included, derived in the comments below):
-    dL/dW' and dL/db' come out of one GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM
-    onto a copy of gz.  Saved for backward: V, T = V Kwᵀ and [y; 1] (width C' each), not the
+    GEMM onto a copy of x: u and BN's output never exist.  With batch statistics [y; 1] is
+    stored as [y − k; 1] (k: m up to rounding, see the comments) and b' as β − s ⊙ W_out (m − k).  The
+    backward is the exact gradient of that composition (BN's statistics included, derived in
+    the comments below): dL/dW' and dL/db' come out of one GEMM against [y; 1], dL/dx =
+    gz + W_vᵀ dL/dV is one GEMM onto a copy of gz.  Saved for backward: V, T = V Kwᵀ and [y; 1] (width C' each), not the
     width-C tensors.  Returns z and (not differentiable) μ, σ² for the running statistics.
     """
 
@@ -322,23 +323,31 @@ class _SeparableBlock(torch.autograd.Function):
         b = n * cp
         v = torch.bmm(w_v.expand(n, cp, c), x)  # (N, C', L)   V = W_v x
         t = torch.mm(v.view(b * h, w), kw.t()).view(b, h, w)  # (B, H, W)   T = V Kwᵀ
-        y = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)  # (N, C', L)   y = Kh T
-        mean = var = s = invstd = y_mean = cov = None
+        ya = t.new_empty(n, cp + 1, l)  # (N, C'+1, L)   [y; 1], centred below with batch statistics
+        if x.device.type == "cpu":  # y = Kh T straight into ya, a sample at a time (no copy)
+            for i in range(n):
+                torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
+        else:  # one launch for the batch, then a copy
+            ya[:, :cp] = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
+        ya[:, cp].fill_(1.0)
+        mean = var = s = invstd = y_mean = shift = cov = None
         batch_stats = gamma is not None and run_mean is None
         if batch_stats:
-            # batch statistics of u = W_out y, from y's.  ya holds y centred, [y − m; 1]: then
-            # W' y + b' = W' (y − m) + β exactly (b' + W' m = β − s ⊙ μ + s ⊙ W_out m = β), and
-            # the covariance is the top-left block of one small GEMM of ya with itself
-            y_mean = y.mean((0, 2))  # (C',)   m
-            ya = y.new_empty(n, cp + 1, l)  # (N, C'+1, L)
-            torch.sub(y, y_mean.view(1, cp, 1), out=ya[:, :cp])
-            ya[:, cp].fill_(1.0)
-            del y
-            cov = torch.bmm(ya, ya.transpose(1, 2)).sum(0)[:cp, :cp] / (n * l)  # (C', C')   S
+            # batch statistics of u = W_out y, from y's: y is centred in place on its batch
+            # mean k, and one small GEMM of [y − k; 1] with itself gives Σ(y−k)(y−k)ᵀ and
+            # d = Σ(y−k)/M (k's rounding error, the corrected two-pass algorithm): m = k + d,
+            # S = Σ(y−k)(y−k)ᵀ/M − d dᵀ.  Then W' y + b' = W' (y − k) + β − s ⊙ W_out d
+            # (b' = β − s ⊙ μ, μ = W_out m).  A k from a subset of positions would save most of
+            # this pass, at the cost of float32 gradients on data with an outlying sample (the
+            # offset-data test).
+            shift = ya[:, :cp].mean((0, 2))  # (C',)   k
+            ya[:, :cp].sub_(shift.view(1, cp, 1))
+            moments = torch.bmm(ya, ya.transpose(1, 2)).sum(0) / (n * l)  # (C'+1, C'+1)
+            d = moments[:cp, cp]  # (C',)   m − k
+            y_mean = shift + d  # (C',)   m
+            cov = moments[:cp, :cp] - torch.outer(d, d)  # (C', C')   S
             mean = w_out @ y_mean  # (C,)   μ = W_out m
             var = ((w_out @ cov) * w_out).sum(1)  # (C,)   σ² = diag(W_out S W_outᵀ)
-        else:
-            ya = torch.cat([y, y.new_ones(n, 1, l)], 1)  # (N, C'+1, L)   [y; 1]
         if gamma is None:  # no BN: z = x + W_out y
             w_aug = torch.cat([w_out, w_out.new_zeros(c, 1)], 1)  # (C, C'+1)
         else:
@@ -346,10 +355,11 @@ class _SeparableBlock(torch.autograd.Function):
                 mean, var = run_mean, run_var
             invstd = torch.rsqrt(var + eps)  # (C,)
             s = gamma * invstd  # (C,)
-            bias = beta if batch_stats else beta - s * mean  # (C,)   b' (+ W' m when ya is centred)
+            # b' = β − s ⊙ μ;  ya centred on k: b' + W' k = β − s ⊙ W_out d
+            bias = beta - s * (w_out @ d) if batch_stats else beta - s * mean  # (C,)
             w_aug = torch.cat([s.unsqueeze(1) * w_out, bias.unsqueeze(1)], 1)  # (C, C'+1)
         z = _plus_gemm(x, w_aug, ya)  # (N, C, L)   x + W' y + b'
-        ctx.save_for_backward(x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, cov)
+        ctx.save_for_backward(x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, shift, cov)
         ctx.batch_stats = batch_stats
         if mean is None:
             return z, None, None
@@ -359,7 +369,7 @@ class _SeparableBlock(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gz, _gmean, _gvar):
-        x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, cov = ctx.saved_tensors
+        x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, shift, cov = ctx.saved_tensors
         n, c, l = x.shape
         cp = w_v.shape[0]
         b, h, w = t.shape
@@ -369,8 +379,8 @@ class _SeparableBlock(torch.autograd.Function):
         g_aug_t, gy = _outer_and_project(ya, gz, w2t)  # (C'+1, C) = dW_augᵀ, (N, C', L)
         g_aug = g_aug_t.t()  # (C, C'+1)
         g_w2, g_b2 = g_aug[:, :cp], g_aug[:, cp]  # (C, C'), (C,)
-        if ctx.batch_stats:  # ya held y − m: Σ gz yᵀ = Σ gz (y − m)ᵀ + (Σ gz) mᵀ
-            g_w2 = g_w2 + torch.outer(g_b2, y_mean)
+        if ctx.batch_stats:  # ya held y − k: Σ gz yᵀ = Σ gz (y − k)ᵀ + (Σ gz) kᵀ
+            g_w2 = g_w2 + torch.outer(g_b2, shift)
         g_gamma = g_beta = None
         if gamma is None:
             g_wout = g_w2
@@ -380,7 +390,7 @@ class _SeparableBlock(torch.autograd.Function):
             g_gamma, g_beta = g_s * invstd, g_b2
             g_wout = s.unsqueeze(1) * g_w2  # (C, C')
             if ctx.batch_stats:
-                yc = ya[:, :cp]  # (N, C', L)   y − m
+                yc = ya[:, :cp]  # (N, C', L)   y − k
                 g_mu = -g_b2 * s  # (C,)   through b'
                 g_var = -0.5 * g_s * s * invstd.square()  # (C,)   through invstd
                 # μ = W_out m:  dW_out += g_μ mᵀ,  dm = W_outᵀ g_μ
@@ -389,8 +399,10 @@ class _SeparableBlock(torch.autograd.Function):
                 g_m = w_out.t() @ g_mu  # (C',)
                 g_cov = w_out.t() @ (g_var.unsqueeze(1) * w_out)  # (C', C')   symmetric
                 # S = Σ (y − m)(y − m)ᵀ / M, m = Σ y / M  →  dy += (2/M) dS (y − m) + dm / M
+                # with y − m = (y − k) − (m − k)
                 big_g = g_cov * (2.0 / (n * l))  # (C', C')
-                gy = torch.baddbmm(gy, big_g.expand(n, cp, cp), yc).add_((g_m / (n * l)).view(1, cp, 1))
+                const = g_m / (n * l) - big_g @ (y_mean - shift)  # (C',)
+                gy.baddbmm_(big_g.expand(n, cp, cp), yc).add_(const.view(1, cp, 1))  # gy is ours: in place
         # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
         # (the kernel gradients only feed σ: skipped when σ is frozen)
         need_x, need_wv, need_kh, need_kw = ctx.needs_input_grad[:4]

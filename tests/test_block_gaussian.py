@@ -154,6 +154,31 @@ def test_fused_path_channels_last_and_float32():
         torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.parametrize("offsets", ["channel", "one sample"])
+def test_fused_batch_statistics_are_accurate_in_float32_on_offset_data(offsets):
+    """The fused path takes BN's batch moments as shifted moments (centred on means over a subset
+    of positions).  On data whose channels sit far from zero, or whose first sample is far from
+    the rest, its float32 error against float64 stays at the float32 autograd reference's."""
+    torch.manual_seed(11)
+    m64 = _random_block(1.5).train()
+    x = torch.randn(8, 6, 23, 19, dtype=torch.float64)
+    if offsets == "channel":
+        x += torch.linspace(-300, 300, 6, dtype=torch.float64).view(1, 6, 1, 1)
+    else:
+        x[0] += 500.0
+    g = torch.randn_like(x)
+    want = _step(copy.deepcopy(m64), x, g, None)
+    m32 = copy.deepcopy(m64).float()
+    ref32 = copy.deepcopy(m32)
+    got = _step(m32, x.float(), g.float())
+    base = _step(ref32, x.float(), g.float(), ref32.forward_reference)
+    for name, a, b, w in zip(["output", "grad x", *[n for n, _ in m32.named_parameters()], "buffers"],
+                             [got[0], *got[1], *got[2]], [base[0], *base[1], *base[2]],
+                             [want[0], *want[1], *want[2]]):
+        err, err_ref = (a.double() - w).abs().max().item(), (b.double() - w).abs().max().item()
+        assert err <= 4 * err_ref + 1e-6 * w.abs().max().item(), (name, err, err_ref)
+
+
 @pytest.mark.parametrize("stats", ["batch", "running", "no bn"])
 def test_separable_block_function_gradcheck(stats):
     """Finite differences (float64) on every input of the fused Function, σ's kernels included."""
