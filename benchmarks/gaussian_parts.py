@@ -16,7 +16,7 @@ the chunked schedule where the block runs one, see its docstring), on random ten
   W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV onto a copy of gz; dW_v = Σ dV xᵀ;
 * aggregation: T = V Kwᵀ, y = Kh T; backward dT = Khᵀ dy, dV = dT Kw, and the two kernel
   gradients that reach σ (dKh = Σ dy Tᵀ, dKw = Σ dTᵀ V);
-* BN statistics folded onto y (C' channels): the moments of [y − m; 1] forward, the BN term
+* BN statistics folded onto y (C' channels): the moments of [y − k; 1] forward, the BN term
   of dy backward.
 
 Each row gives its multiply-adds (the analytic count) and the median time; "GMAC/s" is their
@@ -85,6 +85,10 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
             torch.bmm(ya[sl], gz[sl].transpose(1, 2)).sum(0)
             torch.bmm(w2t.expand(k, cp, c), gz[sl], out=out_cp[sl])
 
+    def y_into_ya():  # y = Kh T written into [y; 1] a sample at a time
+        for i in range(n):
+            torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
+
     def outer_dv_x():
         for sl in chunks:
             torch.bmm(v[sl], x[sl].transpose(1, 2)).sum(0)
@@ -100,16 +104,16 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
         Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: onto_copy(gz, w_v.t(), v)),
         Part("projections", "dW_v = Σ dV xᵀ", proj, outer_dv_x),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
-        Part("aggregation", "y = Kh T", agg_y, lambda: torch.bmm(kh.expand(b, h, h), t)),
+        Part("aggregation", "y = Kh T, into [y; 1]", agg_y, y_into_ya),
         Part("aggregation", "dT = Khᵀ dy", agg_y, lambda: torch.bmm(kh.t().expand(b, h, h), gy.view(b, h, w))),
         Part("aggregation", "dV = dT Kw", agg_x, lambda: torch.mm(g_t.view(b * h, w), kw)),
         Part("aggregation", "dKh = Σ dy Tᵀ (σ)", agg_x,
              lambda: torch.bmm(gy.view(b, h, w), t.transpose(1, 2)).sum(0)),
         Part("aggregation", "dKw = Σ dTᵀ V (σ)", agg_y, lambda: torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))),
-        Part("BN statistics", "moments of [y − m; 1]", n * (cp + 1) ** 2 * l,
+        Part("BN statistics", "moments of [y − k; 1]", n * (cp + 1) ** 2 * l,
              lambda: torch.bmm(ya, ya.transpose(1, 2)).sum(0)),
-        Part("BN statistics", "dy += (2/M) dS (y − m)", n * cp * cp * l,
-             lambda: torch.baddbmm(gy, big_g.expand(n, cp, cp), v)),
+        Part("BN statistics", "dy += (2/M) dS (y − m), in place", n * cp * cp * l,
+             lambda: torch.baddbmm(gy, big_g.expand(n, cp, cp), v, out=gy)),
     ]
 
 

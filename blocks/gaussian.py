@@ -402,7 +402,8 @@ class _SeparableBlock(torch.autograd.Function):
                 # with y − m = (y − k) − (m − k)
                 big_g = g_cov * (2.0 / (n * l))  # (C', C')
                 const = g_m / (n * l) - big_g @ (y_mean - shift)  # (C',)
-                gy.baddbmm_(big_g.expand(n, cp, cp), yc).add_(const.view(1, cp, 1))  # gy is ours: in place
+                # in place (gy is ours); out= rather than baddbmm_, which FLOP counters skip
+                torch.baddbmm(gy, big_g.expand(n, cp, cp), yc, out=gy).add_(const.view(1, cp, 1))
         # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
         # (the kernel gradients only feed σ: skipped when σ is frozen)
         need_x, need_wv, need_kh, need_kw = ctx.needs_input_grad[:4]
