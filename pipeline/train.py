@@ -77,10 +77,11 @@ def deterministic_algorithms(compiling: bool) -> None:
     ``torch.compile`` reads, and imports ``torch._inductor`` (about a second) to do it. A trial
     that compiles, or a process where inductor is loaded already, gets the public call.
     """
-    if compiling or "torch._inductor.config" in sys.modules:
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)  # private: absent in some torch
+    if compiling or set_flag is None or "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+        set_flag(True, warn_only=True)
 
 
 def seed_everything(seed: int, epoch: int) -> None:

@@ -165,7 +165,11 @@ def test_a_trial_imports_neither_dynamo_nor_inductor(tmp_path):
         fit(cfg)
         loaded = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
         print("LOADED", loaded)
+        import torch
+        print("DETERMINISTIC", torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
         """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOADED []" in out.stdout, out.stdout[-500:]
+    assert "DETERMINISTIC True True" in out.stdout  # the flag is set all the same (CPU trials)
