@@ -8,8 +8,9 @@ block and its two 1×1 convs, in the same rounds.
 ``_SeparableBlock``) is from the sum of its own parts, and what that sum is against the two
 1×1 convs — the floor of the ratio ``benchmarks.block_speed`` reports, on this machine's GEMMs.
 
-Parts, each a torch call of the same kind, shape and memory layout as in the block (a copy of
-the chunked schedule where the block runs one, see its docstring), on random tensors:
+Parts, each a torch call of the same kind, shape and memory layout as in the block (the
+block's own chunked helpers ``_plus_gemm`` and ``_outer_and_project`` where it runs them, see
+its docstring), on random tensors:
 
 * projections (the same multiply-adds as the two convs, forward and backward): V = W_v x;
   z = x + [W' | b'] [y; 1] onto a copy of x (the residual add included); Σ gz [y; 1]ᵀ and
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 
 import blocks
-from blocks.gaussian import _batch_chunks
+from blocks.gaussian import _outer_and_project, _plus_gemm
 from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
 from pipeline.errors import ArgumentParser
@@ -64,45 +65,29 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     h, w, l = hw, hw, hw * hw
     b = n * cp
     x, gz = torch.randn(n, c, l), torch.randn(n, c, l)
-    chunks = _batch_chunks(x)  # the block's own CPU chunks of the batch
     w_v, w_aug = torch.randn(cp, c), torch.randn(c, cp + 1)
     v, ya, gy = torch.randn(n, cp, l), torch.randn(n, cp + 1, l), torch.randn(n, cp, l)
     t, g_t = torch.randn(b, h, w), torch.randn(b, h, w)
     kh = torch.softmax(torch.randn(h, h), 1)
     kw = kh
     big_g = torch.randn(cp, cp)
-    out_c, out_cp = torch.empty(n, c, l), torch.empty(n, cp, l)
+    out_cp = torch.empty(n, cp, l)
     w2t = w_aug[:, :cp].t()
-
-    def onto_copy(base, weight, rhs):  # base + weight · rhs per sample, a chunk at a time
-        for sl in chunks:
-            k = sl.stop - sl.start
-            torch.baddbmm(base[sl], weight.expand(k, *weight.shape), rhs[sl], out=out_c[sl])
-
-    def outer_and_project():  # Σ [y; 1] gzᵀ and W'ᵀ gz, one read of each chunk of gz
-        for sl in chunks:
-            k = sl.stop - sl.start
-            torch.bmm(ya[sl], gz[sl].transpose(1, 2)).sum(0)
-            torch.bmm(w2t.expand(k, cp, c), gz[sl], out=out_cp[sl])
 
     def y_into_ya():  # y = Kh T written into [y; 1] a sample at a time
         for i in range(n):
             torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
-
-    def outer_dv_x():
-        for sl in chunks:
-            torch.bmm(v[sl], x[sl].transpose(1, 2)).sum(0)
 
     proj = n * c * cp * l  # multiply-adds of one 1×1 conv's GEMM
     agg_x, agg_y = b * h * w * w, b * h * h * w  # along x (W-wide), along y (H-wide)
     return [
         Part("projections", "V = W_v x", proj, lambda: torch.bmm(w_v.expand(n, cp, c), x, out=out_cp)),
         Part("projections", "z = x + W'[y; 1] onto a copy of x", n * c * (cp + 1) * l,
-             lambda: onto_copy(x, w_aug, ya)),
+             lambda: _plus_gemm(x, w_aug, ya)),
         Part("projections", "Σ gz [y; 1]ᵀ and W'ᵀ gz, one pass over gz", n * c * (2 * cp + 1) * l,
-             outer_and_project),
-        Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: onto_copy(gz, w_v.t(), v)),
-        Part("projections", "dW_v = Σ dV xᵀ", proj, outer_dv_x),
+             lambda: _outer_and_project(ya, gz, w2t)),
+        Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
+        Part("projections", "dW_v = Σ dV xᵀ", proj, lambda: _outer_and_project(v, x)),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
         Part("aggregation", "y = Kh T, into [y; 1]", agg_y, y_into_ya),
         Part("aggregation", "dT = Khᵀ dy", agg_y, lambda: torch.bmm(kh.t().expand(b, h, h), gy.view(b, h, w))),
