@@ -335,6 +335,8 @@ class OptimConfig(StrictModel):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
         if self.schedule == "step" and not self.milestones:
             raise ValueError("schedule 'step' needs milestones")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("momentum: must be > 0 with nesterov")
         if sorted(self.milestones) != self.milestones or any(m <= 0 for m in self.milestones):
             raise ValueError(f"milestones must be increasing positive epochs, got {self.milestones}")
         return self
