@@ -9,7 +9,7 @@ block and its two 1×1 convs, in the same rounds.
 1×1 convs — the floor of the ratio ``benchmarks.block_speed`` reports, on this machine's GEMMs.
 
 Parts, each a torch call of the same kind, shape and memory layout as in the block (the
-block's own chunked helpers ``_plus_gemm`` and ``_outer_and_project`` where it runs them, see
+block's own helpers ``_plus_gemm``, ``_outer_and_project`` and ``_aggregate_y_into`` where it runs them, see
 its docstring), on random tensors:
 
 * projections (the same multiply-adds as the two convs, forward and backward): V = W_v x;
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 import blocks
-from blocks.gaussian import _outer_and_project, _plus_gemm
+from blocks.gaussian import _aggregate_y_into, _outer_and_project, _plus_gemm
 from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
 from pipeline.errors import ArgumentParser
@@ -74,10 +74,6 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     out_cp = torch.empty(n, cp, l)
     w2t = w_aug[:, :cp].t()
 
-    def y_into_ya():  # y = Kh T written into [y; 1] a sample at a time
-        for i in range(n):
-            torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
-
     proj = n * c * cp * l  # multiply-adds of one 1×1 conv's GEMM
     agg_x, agg_y = b * h * w * w, b * h * h * w  # along x (W-wide), along y (H-wide)
     return [
@@ -89,7 +85,7 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
         Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
         Part("projections", "dW_v = Σ dV xᵀ", proj, lambda: _outer_and_project(v, x)),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
-        Part("aggregation", "y = Kh T, into [y; 1]", agg_y, y_into_ya),
+        Part("aggregation", "y = Kh T, into [y; 1]", agg_y, lambda: _aggregate_y_into(ya, kh, t)),
         Part("aggregation", "dT = Khᵀ dy", agg_y, lambda: torch.bmm(kh.t().expand(b, h, h), gy.view(b, h, w))),
         Part("aggregation", "dV = dT Kw", agg_x, lambda: torch.mm(g_t.view(b * h, w), kw)),
         Part("aggregation", "dKh = Σ dy Tᵀ (σ)", agg_x,

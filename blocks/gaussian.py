@@ -271,6 +271,22 @@ def _batch_chunks(t: torch.Tensor) -> list[slice]:
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
+def _aggregate_y_into(ya: torch.Tensor, kh: torch.Tensor, t: torch.Tensor) -> None:
+    """y = Kh T written into the first C' channels of ya: (N, C'+1, L) <- (H, H) · (N·C', H, W).
+
+    On a CPU straight into ya, a sample at a time (no copy); elsewhere one batched GEMM (one
+    launch) and a copy.
+    """
+    n, cp1, l = ya.shape
+    b, h, w = t.shape
+    cp = cp1 - 1
+    if t.device.type == "cpu":
+        for i in range(n):
+            torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
+    else:
+        ya[:, :cp] = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
+
+
 def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L)."""
     out = torch.empty_like(base)  # (N, C, L)
@@ -308,11 +324,12 @@ class _SeparableBlock(torch.autograd.Function):
     m, S the mean and biased covariance of y over (N, L).  With s = γ / √(σ² + ε),
     BN(u) = W' y + b', W' = diag(s) W_out, b' = β − s ⊙ μ, so z = x + [W' | b'] · [y; 1] is one
     GEMM onto a copy of x: u and BN's output never exist.  With batch statistics [y; 1] is
-    stored as [y − k; 1] (k: m up to rounding, see the comments) and b' as β − s ⊙ W_out (m − k).  The
-    backward is the exact gradient of that composition (BN's statistics included, derived in
-    the comments below): dL/dW' and dL/db' come out of one GEMM against [y; 1], dL/dx =
-    gz + W_vᵀ dL/dV is one GEMM onto a copy of gz.  Saved for backward: V, T = V Kwᵀ and [y; 1] (width C' each), not the
-    width-C tensors.  Returns z and (not differentiable) μ, σ² for the running statistics.
+    stored as [y − k; 1] (k: m up to rounding, see the comments) and b' as
+    β − s ⊙ W_out (m − k).  The backward is the exact gradient of that composition (BN's
+    statistics included, derived in the comments below): dL/dW' and dL/db' come out of one
+    GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz.  Saved for
+    backward: V, T = V Kwᵀ and [y − k; 1] (width C' or C'+1 each), not the width-C tensors.
+    Returns z and (not differentiable) μ, σ² for the running statistics.
     """
 
     @staticmethod
@@ -324,11 +341,7 @@ class _SeparableBlock(torch.autograd.Function):
         v = torch.bmm(w_v.expand(n, cp, c), x)  # (N, C', L)   V = W_v x
         t = torch.mm(v.view(b * h, w), kw.t()).view(b, h, w)  # (B, H, W)   T = V Kwᵀ
         ya = t.new_empty(n, cp + 1, l)  # (N, C'+1, L)   [y; 1], centred below with batch statistics
-        if x.device.type == "cpu":  # y = Kh T straight into ya, a sample at a time (no copy)
-            for i in range(n):
-                torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
-        else:  # one launch for the batch, then a copy
-            ya[:, :cp] = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
+        _aggregate_y_into(ya, kh, t)  # y = Kh T
         ya[:, cp].fill_(1.0)
         mean = var = s = invstd = y_mean = shift = cov = None
         batch_stats = gamma is not None and run_mean is None
