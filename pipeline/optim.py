@@ -68,7 +68,8 @@ class SGD:
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if g["weight_decay"] != 0:
+            decayed = g["weight_decay"] != 0
+            if decayed:
                 grads = torch._foreach_add(grads, params, alpha=g["weight_decay"])  # new tensors
             momentum = g["momentum"]
             if momentum != 0:
@@ -84,10 +85,10 @@ class SGD:
                         else:
                             b.mul_(momentum).add_(grads[i])
                 if g["nesterov"]:
-                    if grads[0] is params[0].grad:  # no weight decay: do not change .grad in place
-                        grads = torch._foreach_add(grads, bufs, alpha=momentum)
-                    else:
+                    if decayed:  # grads are our own tensors
                         torch._foreach_add_(grads, bufs, alpha=momentum)
+                    else:  # grads are the .grad tensors: not changed in place
+                        grads = torch._foreach_add(grads, bufs, alpha=momentum)
                 else:
                     grads = bufs
             torch._foreach_add_(params, grads, alpha=-g["lr"])

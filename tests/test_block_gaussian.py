@@ -156,9 +156,10 @@ def test_fused_path_channels_last_and_float32():
 
 @pytest.mark.parametrize("offsets", ["channel", "one sample"])
 def test_fused_batch_statistics_are_accurate_in_float32_on_offset_data(offsets):
-    """The fused path takes BN's batch moments as shifted moments (centred on means over a subset
-    of positions).  On data whose channels sit far from zero, or whose first sample is far from
-    the rest, its float32 error against float64 stays at the float32 autograd reference's."""
+    """The fused path takes BN's batch moments from y centred in place on its batch mean, with the
+    mean's rounding error corrected by the moments GEMM.  On data whose channels sit far from
+    zero, or whose first sample is far from the rest, its float32 error against float64 stays
+    at the float32 autograd reference's."""
     torch.manual_seed(11)
     m64 = _random_block(1.5).train()
     x = torch.randn(8, 6, 23, 19, dtype=torch.float64)
