@@ -44,7 +44,7 @@ class _MacCounter(TorchDispatchMode):
     without one decomposed the same way; a test keeps the two equal for every block), without
     two things we do not use: the per-module table, and the ``torch._dynamo`` import on the first
     operator. torch wraps every dispatch mode's ``__torch_dispatch__`` in ``torch._disable_dynamo``,
-    which imports ``torch._dynamo`` (about a second, with inductor and sympy) the first time it
+    which imports ``torch._dynamo`` (with inductor and sympy: docs/grid.md) the first time it
     runs — in every fresh process that counts a model, i.e. every trial's first start in a Ray
     worker. The wrapper only matters when the mode runs inside a ``torch.compile``-d region;
     ours never does (an eager forward on one image), so this mode opts out of it.

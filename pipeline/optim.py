@@ -2,9 +2,9 @@
 
 Why not ``torch.optim.SGD`` and ``torch.optim.lr_scheduler.LambdaLR``: every
 ``torch.optim.Optimizer`` method (the constructor's ``add_param_group``, ``zero_grad``,
-``step``, ``state_dict``) imports ``torch._dynamo`` on its first call — about a second of
-imports (``torch._dynamo``, ``torch._inductor``, sympy) in every fresh process, paid by the first
-trial of every Ray worker although no trial of ours is compiled unless ``compile: true``.
+``step``, ``state_dict``) imports ``torch._dynamo`` on its first call, with ``torch._inductor``
+and sympy: in every fresh process, paid by the first trial of every Ray worker (docs/grid.md)
+although no trial of ours is compiled unless ``compile: true``.
 The update itself is a few lines, and it is checked against ``torch.optim.SGD`` bit for bit
 (``tests/test_optim.py``).
 

@@ -1,7 +1,7 @@
 """Ray Tune's ``OptunaSearch`` as our searches use it (imported by :func:`pipeline.tune.run_search`).
 
 A module of its own so that a grid trial, which imports :mod:`pipeline.tune`, does not import
-Optuna (0.2 s of a fresh worker's start).
+Optuna (part of a fresh worker's start: docs/grid.md).
 """
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def deterministic_algorithms(compiling: bool) -> None:
     when nothing is compiled.
 
     The public call also sets ``torch._inductor.config.deterministic``, which only
-    ``torch.compile`` reads, and imports ``torch._inductor`` (about a second) to do it. A trial
+    ``torch.compile`` reads, and imports ``torch._inductor`` to do it (docs/grid.md). A trial
     that compiles, or a process where inductor is loaded already, gets the public call.
     """
     set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)  # private: absent in some torch
