@@ -16,21 +16,27 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
 # view. The addresses we print (ui_url) open the training-runs table instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-import mlflow  # noqa: E402  (after the environment defaults above)
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the set-up above, which must run first)
-from mlflow.tracking import MlflowClient  # noqa: E402 (after the set-up above, which must run first)
-import tenacity  # noqa: E402 (after the set-up above, which must run first)
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "attnlab.status"  # running | finished | stopped_early | diverged | failed | killed
 MAX_PARAM_LEN = 6000
+
+
+def _client(uri: str) -> MlflowClient:
+    """MLflow's client for ``uri``.  MLflow is imported here and in the functions that build its
+    entities, on first use, never at module import: a trial with tracking off does not load it."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
 
 
 def default_uri(work_dir: Path) -> str:
@@ -87,12 +93,14 @@ def artifact_location(uri: str | None, experiment: str) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
-    except mlflow.exceptions.MlflowException:  # created concurrently by another trial
+    except MlflowException:  # created concurrently by another trial
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -111,7 +119,7 @@ class Tracker:
         self.run_id: str | None = None
         self._logged: dict[str, int] = {}  # metric key -> last step already in the run
         self._pending: list[Any] = []  # futures of asynchronous batches not yet waited for
-        self.client = MlflowClient(tracking_uri=uri) if self.enabled else None
+        self.client = _client(uri) if self.enabled else None
 
     # -- runs ----------------------------------------------------------------------------------
     def create_run(self, run_name: str, tags: Mapping[str, str] | None = None,
@@ -129,6 +137,8 @@ class Tracker:
         """Attach to ``run_id`` (re-opening it) or create a new run; log params and tags."""
         if not self.enabled:
             return None
+        from mlflow.entities import Param, RunTag
+
         if run_id is None:
             run_id = self.create_run(run_name, tags, parent_run_id)
             existing_params: dict[str, str] = {}
@@ -156,6 +166,7 @@ class Tracker:
         if not self.enabled:
             return
         import time
+        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
@@ -181,6 +192,8 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
+            from mlflow.entities import RunTag
+
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     def finish(self, status: str) -> None:
@@ -214,13 +227,14 @@ class Tracker:
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.entities import DatasetInput, InputTag
-
+        from mlflow.exceptions import MlflowException
+        import tenacity
 
         ds = MetaDataset(LocalArtifactDatasetSource(source), name=name, digest=fingerprint[:36])
         tag = InputTag(key="mlflow.data.context", value=context)
         # Trials of one grid register the same dataset at once; the server's unique constraint
         # rejects all but the first insert, and a retry then links the existing dataset row.
-        retry = tenacity.Retrying(retry=tenacity.retry_if_exception_type(mlflow.exceptions.MlflowException),
+        retry = tenacity.Retrying(retry=tenacity.retry_if_exception_type(MlflowException),
                                   stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_incrementing(0.2, 0.2),
                                   reraise=True)
         retry(self.client.log_inputs, self.run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
@@ -228,7 +242,7 @@ class Tracker:
 
 def find_runs(uri: str, experiment: str, filter_string: str, page_size: int = 1000) -> list[Any]:
     """Runs of ``experiment`` matching an MLflow filter (e.g. ``tags.`attnlab.trial` = 'ab12'``)."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -243,16 +257,16 @@ def find_runs(uri: str, experiment: str, filter_string: str, page_size: int = 10
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def get_run(uri: str, run_id: str) -> Any:
-    return MlflowClient(tracking_uri=uri).get_run(run_id)
+    return _client(uri).get_run(run_id)
 
 
 def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     out = []
     for a in client.list_artifacts(run_id, path):
         out.extend(list_artifacts(uri, run_id, a.path) if a.is_dir else [a.path])
@@ -277,7 +291,7 @@ def find_parent_run(uri: str, experiment: str, grid_name: str) -> Any | None:
 def ensure_parent_run(uri: str, experiment: str, grid_name: str, tags: Mapping[str, str]) -> str:
     """The grid's parent run: the existing one of that name (resume) or a new one."""
     found = find_parent_run(uri, experiment, grid_name)
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
@@ -295,8 +309,9 @@ def close_run(uri: str, run_id: str, status: str, tags: Mapping[str, Any] | None
     """End a run from outside its trial (the grid driver): ``status`` is attnlab's
     (finished | stopped_early | failed | diverged | killed); MLflow's status follows."""
     import time
+    from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     ts = int(time.time() * 1000)
     all_tags = {STATUS_TAG: status, **(tags or {})}
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
@@ -309,8 +324,9 @@ def log_run_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: i
     """Summary metrics from outside a trial; a value the run already holds is not logged again
     (a resumed grid re-closes its runs)."""
     import time
+    from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     have = client.get_run(run_id).data.metrics
     ts = int(time.time() * 1000)
     new = [Metric(k, float(v), ts, step) for k, v in metrics.items() if have.get(k) != float(v)]
@@ -331,7 +347,7 @@ def ensure_child_runs(uri: str, experiment: str, parent_id: str,
 
 def log_parent_artifacts(uri: str, run_id: str, files: Mapping[str, str | bytes]) -> None:
     """Small text artifacts (spec, expansion table, summary) onto a run."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     with tempfile.TemporaryDirectory() as d:
         for name, content in files.items():
             p = Path(d) / name
@@ -340,7 +356,7 @@ def log_parent_artifacts(uri: str, run_id: str, files: Mapping[str, str | bytes]
 
 
 def finish_parent(uri: str, run_id: str, ok: bool, metrics: Mapping[str, float] | None = None) -> None:
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     if metrics:
         log_run_metrics(uri, run_id, metrics)
     client.set_tag(run_id, STATUS_TAG, "finished" if ok else "failed")
@@ -435,7 +451,7 @@ def ui_url(tracking_uri: str, experiment_name_or_id: str, run_id: str | None = N
     A local store (SQLite or a folder) has no UI server: the answer then says so and gives the
     command that starts one, with the address to open once it runs.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     try:
         exp_id = _experiment_id(client, experiment_name_or_id)
     except Exception:  # noqa: BLE001 - an unreachable server: the name stays unresolved
@@ -500,8 +516,9 @@ def _sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]]
     import hashlib
     import json
     import time
+    from mlflow.entities import Metric, Param, RunTag
 
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     exp_id = get_or_create_experiment(client, experiment)
     found = client.search_runs([exp_id], filter_string=f"tags.`{key_tag}` != ''", max_results=50_000)
     by_key: dict[str, Any] = {}
@@ -573,7 +590,7 @@ def _sync_keyed_runs(uri: str, experiment: str, records: list[Mapping[str, Any]]
 
 def keyed_runs(uri: str, experiment: str, key_tag: str = CLAIM_TAG) -> dict[str, Any]:
     """Active runs of ``experiment`` by their ``key_tag`` (claim id -> run)."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
@@ -583,7 +600,7 @@ def keyed_runs(uri: str, experiment: str, key_tag: str = CLAIM_TAG) -> dict[str,
 
 def grid_runs(uri: str, grid_name: str) -> tuple[Any, list[Any]]:
     """A grid's parent run and its child runs, from any experiment; ``(None, [])`` if none."""
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri)
     exp_ids = [e.experiment_id for e in client.search_experiments(max_results=50_000)]
     if not exp_ids:
         return None, []
@@ -601,9 +618,9 @@ def grid_runs(uri: str, grid_name: str) -> tuple[Any, list[Any]]:
 
 
 def experiment_name(uri: str, experiment_id: str) -> str:
-    return MlflowClient(tracking_uri=uri).get_experiment(experiment_id).name
+    return _client(uri).get_experiment(experiment_id).name
 
 
 def log_artifact_dir(uri: str, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
     """Every file under ``local_dir`` onto ``run_id`` (under ``artifact_path``)."""
-    MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    _client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
