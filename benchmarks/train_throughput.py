@@ -2,7 +2,8 @@
 model-only step on a fixed in-memory batch, each block at its default placement.
 
     python -m benchmarks.train_throughput [--size auto|small|full] [--threads 1,2] [--res 160,224]
-                                          [--batch N] [--steps N] [--repeats N] [--only se,cbam]
+                                          [--batch N] [--steps N] [--repeats N] [--workers N]
+                                          [--only se,cbam]
                                           [--no-model-level] [--json]
 
 Both figures time :meth:`pipeline.train.Trial.train_epoch` — the function :func:`pipeline.train.fit`
@@ -26,12 +27,13 @@ the trial's initial weights and optimizer state (restored outside the timed call
 Sizes (``auto``: ``full`` when CUDA is available, else ``small``):
 
 * ``small`` — CIFAR ResNet-20 on the built-in ``digits`` (32x32, 1,438 train images, batch 64,
-  22 steps per epoch), fp32, on the CPU, at each ``--threads`` count (default ``1,2``);
-  the plain model unless ``--only`` names blocks.
+  22 steps per epoch), fp32, on the CPU, at each ``--threads`` count (default ``1,2``), the
+  loader in the training process (no workers); the plain model unless ``--only`` names blocks.
 * ``full`` — torchvision ResNet-50 on CUDA at each ``--res`` (default ``160,224``), bf16 autocast
   and channels_last, batch 128, the ``synthetic`` dataset stored at the training resolution
   (1000 classes, ``--steps`` x batch train images, ImageNet-style random-resized-crop and flip
-  done by the in-memory loader), cuDNN benchmark mode; a row per block
+  done by the in-memory loader in the trainer's default worker processes, min(8, CPUs)), cuDNN
+  benchmark mode; a row per block
   (``blocks.names("stage")`` at its registry default placement, then the model-level
   ``ltpa`` / ``pyramid``) with its ratio to the baseline's images/s beside the ratio of their
   GMACs, and the peak of ``torch.cuda.max_memory_allocated()`` in MiB (2^20 bytes) over the
@@ -64,9 +66,9 @@ from pipeline.train import Trial
 BASELINE = "none"
 SIZES: dict[str, dict[str, Any]] = {
     "small": dict(backbone="cifar_resnet20", dataset="digits", res=[32], batch=64, precision="fp32",
-                  channels_last=False, device="cpu", threads=[1, 2], repeats=5, steps=None),
+                  channels_last=False, device="cpu", threads=[1, 2], repeats=5, steps=None, workers=0),
     "full": dict(backbone="resnet50", dataset="synthetic", res=[160, 224], batch=128, precision="bf16",
-                 channels_last=True, device="cuda", threads=[None], repeats=3, steps=20),
+                 channels_last=True, device="cuda", threads=[None], repeats=3, steps=20, workers=None),
 }
 
 
@@ -107,7 +109,7 @@ class Row:
 
 
 def trial_tree(s: dict[str, Any], attention: str, res: int, work_dir: str) -> dict[str, Any]:
-    data: dict[str, Any] = {"dataset": s["dataset"], "batch_size": s["batch"], "workers": 0,
+    data: dict[str, Any] = {"dataset": s["dataset"], "batch_size": s["batch"], "workers": s["workers"],
                             "backend": "torch", "channels_last": s["channels_last"]}
     if s["dataset"] == "synthetic":
         data["synthetic"] = {"num_classes": 1000, "image_size": res, "train_count": s["batch"] * s["steps"],
@@ -240,6 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (full size: synthetic train images / batch)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs of each kind per setting")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader worker processes (small: 0; full: the trainer's default, min(8, CPUs))")
     p.add_argument("--only", default=None, help="comma list of attentions (the baseline always runs)")
     p.add_argument("--no-model-level", action="store_true", help="skip ltpa/pyramid (full size)")
     p.add_argument("--json", action="store_true", help="settings and rows as JSON instead of the table")
@@ -249,7 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     size = a.size if a.size != "auto" else ("full" if torch.cuda.is_available() else "small")
     s = dict(SIZES[size], size=size)
-    for k in ("threads", "res", "batch", "steps", "repeats"):
+    for k in ("threads", "res", "batch", "steps", "repeats", "workers"):
         if getattr(a, k) is not None:
             s[k] = getattr(a, k)
     if s["device"] == "cuda":
@@ -278,7 +282,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for r in measure(n, res, s, work):
                     rows.append(r)
                     print(f"{n} @ {res}px, threads {r.threads or '-'}: {r.status}  trainer {r.trainer_ips:.0f} "
-                          f"img/s  model-only {r.model_ips:.0f} img/s", file=sys.stderr, flush=True)
+                          f"img/s  model-only {r.model_ips:.0f} img/s  GMACs {r.gmacs:.3f}  peak {r.peak_mib:.0f} MiB  "
+                          f"runs {[round(v) for v in r.trainer_runs]} / {[round(v) for v in r.model_runs]}",
+                          file=sys.stderr, flush=True)
     fill_ratios(rows)
     gpu = s["device"] == "cuda"
     env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),

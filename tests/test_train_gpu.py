@@ -27,8 +27,8 @@ def test_fit_on_cuda_counts_macs_and_trains(tmp_path):
 
 
 def test_train_throughput_full_mode_runs():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--size", "full",
-                        "--only", "se", "--no-model-level", "--batch", "8", "--warmup", "1", "--iters", "2"],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--size", "full", "--only", "se",
+                        "--no-model-level", "--batch", "8", "--steps", "2", "--repeats", "1", "--res", "64"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| se |" in r.stdout and "| baseline |" in r.stdout

@@ -15,7 +15,7 @@ from .registry import register
 from .source import Source, Split, hash_arrays
 
 GENERATOR_VERSION = 1
-MATERIALISE_BYTES = 256 * 2**20  # smaller datasets are generated once, into memory
+MATERIALISE_BYTES = 1024 * 2**20  # smaller datasets are generated once, into memory
 
 
 class Generator:
