@@ -17,6 +17,8 @@ from pipeline.data.torch_loader import (
     Fit,
     SampleDataset,
     batch_padcrop,
+    batch_rrc,
+    resize_cl,
     fit_window,
     sample_transform,
 )
@@ -104,6 +106,25 @@ def test_padcrop_is_a_window_of_the_zero_padded_image():
         assert hits, i
         seen.update(hits)
     assert len(seen) > 15  # offsets spread over the 25 possible windows
+
+
+def test_batch_rrc_is_each_images_window_resized_with_or_without_threads():
+    """The per-image random-resized crop of the in-memory path: image i is its own keyed window
+    resized (the math), and spreading the images over threads (GPU training) changes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = torch.randint(0, 256, (37, 45, 61, 3), dtype=torch.uint8)  # odd, non-square
+    keys = kr.sample_keys(kr.epoch_key(3, 1), np.arange(37))
+    op = Op("rrc", res=19)
+    serial = batch_rrc(x, op, keys)
+    with ThreadPoolExecutor(4) as pool:
+        threaded = batch_rrc(x, op, keys, pool)
+    assert serial.shape == (37, 19, 19, 3) and serial.dtype == torch.uint8
+    assert torch.equal(serial, threaded)
+    for i, key in enumerate(keys.tolist()):
+        top, left, h, w = kr.rrc_window(45, 61, op.scale, op.aspect, key)
+        want = resize_cl(x[i, top:top + h, left:left + w].permute(2, 0, 1), 19).permute(1, 2, 0)
+        assert torch.equal(serial[i], want), i
 
 
 def test_geometry_helpers():

@@ -2,7 +2,8 @@
 
 * In-memory splits (CIFAR, digits, small synthetic) go through :class:`TensorLoader`: whole
   batches are gathered from one uint8 tensor and augmented with vectorised tensor ops in the
-  main process (no worker start-up; tens of thousands of images per second on one core).
+  main process (no worker start-up; tens of thousands of images per second on one core); the
+  per-image random-resized crops run on ``data.workers`` threads when training on a GPU.
 * File splits (ImageFolder, ImageNet, Tiny-ImageNet) and generated ones go through
   :class:`FileLoader`: a ``torch.utils.data.DataLoader`` whose workers read bytes, decode with
   ``torchvision.io.decode_jpeg`` (libjpeg-turbo) and augment uint8 tensors the way
@@ -17,6 +18,8 @@ Random choices come from :mod:`pipeline.data.keyed_random`, keyed by (seed, epoc
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import numpy as np
 import torch
@@ -254,18 +257,32 @@ def batch_flip(x: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(2), x)
 
 
-def batch_rrc(x: torch.Tensor, op: Op, keys: np.ndarray) -> torch.Tensor:
-    _, h, w, _ = x.shape
-    out = []
-    for img, key in zip(x, keys.tolist()):
-        top, left, ch, cw = kr.rrc_window(h, w, op.scale, op.aspect, key)
-        out.append(resize_cl(img[top:top + ch, left:left + cw].permute(2, 0, 1), op.res)
-                   .permute(1, 2, 0))
-    return torch.stack(out)
+def batch_rrc(x: torch.Tensor, op: Op, keys: np.ndarray, pool: Optional[ThreadPoolExecutor] = None) -> torch.Tensor:
+    """Random-resized crop of each image of a uint8 N x H x W x C batch -> N x res x res x C.
+
+    Each image has its own window, so a resize per image; with ``pool`` the images are spread
+    over its threads (torch's resize releases the GIL).  The same result either way."""
+    n, h, w, c = x.shape
+    windows = [kr.rrc_window(h, w, op.scale, op.aspect, key) for key in keys.tolist()]
+    out = torch.empty((n, op.res, op.res, c), dtype=x.dtype)
+
+    def one(i: int) -> None:
+        top, left, ch, cw = windows[i]
+        out[i] = resize_cl(x[i, top:top + ch, left:left + cw].permute(2, 0, 1), op.res).permute(1, 2, 0)
+
+    if pool is None:
+        for i in range(n):
+            one(i)
+    else:
+        for f in [pool.submit(one, i) for i in range(n)]:
+            f.result()  # re-raises an image's error here
+    return out
 
 
-def apply_batch_ops(x: torch.Tensor, ops: tuple[Op, ...], keys: np.ndarray) -> torch.Tensor:
-    """The plan's ops on a uint8 N x H x W x C batch; ``keys``: the samples' keyed_random keys."""
+def apply_batch_ops(x: torch.Tensor, ops: tuple[Op, ...], keys: np.ndarray,
+                    pool: Optional[ThreadPoolExecutor] = None) -> torch.Tensor:
+    """The plan's ops on a uint8 N x H x W x C batch; ``keys``: the samples' keyed_random keys;
+    ``pool``: threads for the per-image ops (random-resized crop)."""
     for op in ops:
         if op.kind == "fit":
             x = batch_fit(x, op)
@@ -274,7 +291,7 @@ def apply_batch_ops(x: torch.Tensor, ops: tuple[Op, ...], keys: np.ndarray) -> t
         elif op.kind == "flip":
             x = batch_flip(x, keys)
         elif op.kind == "rrc":
-            x = batch_rrc(x, op, keys)
+            x = batch_rrc(x, op, keys, pool)
         else:  # pragma: no cover
             raise ValueError(op.kind)
     return x
@@ -307,6 +324,11 @@ class TensorLoader(Loader):
                               world_size=world_size, even=split_plan.split == "train"))
         super().__init__(split_plan, plan, n, device)
         self.normaliser = Normaliser(plan, device)
+        # On a GPU the training process's CPU cores are free while the device computes: the
+        # per-image crops run on ``data.workers`` threads.  On the CPU they train, so one thread.
+        per_image = any(op.kind == "rrc" for op in split_plan.ops)
+        self.pool = (ThreadPoolExecutor(plan.workers, thread_name_prefix="attnlab-crop")
+                     if per_image and self.device.type == "cuda" and plan.workers > 1 else None)
 
     def __iter__(self):
         sp = self.split_plan
@@ -322,7 +344,7 @@ class TensorLoader(Loader):
             b = idx_t[start:start + bs]
             keys = kr.sample_keys(ekey, idx[start:start + bs])
             with one_thread(self.device):
-                x = apply_batch_ops(self.images[b], sp.ops, keys)
+                x = apply_batch_ops(self.images[b], sp.ops, keys, self.pool)
                 out = self.normaliser(x, self.labels[b])
             yield out
 
