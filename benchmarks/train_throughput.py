@@ -39,6 +39,12 @@ Sizes (``auto``: ``full`` when CUDA is available, else ``small``):
   GMACs, and the peak of ``torch.cuda.max_memory_allocated()`` in MiB (2^20 bytes) over the
   row's epochs.
 
+Optimizer: SGD with momentum 0.9 and the linear scaling rule (Goyal et al., arXiv 1706.02677):
+``full`` takes the ImageNet specs' recipe, lr 0.1 per 256 images and weight decay 1e-4 (at lr 0.1
+for batch 128, twice that rule, pam, danet, gsa and ltpa drove the loss to NaN within the first
+20 steps on a GPU, and the row reported the divergence instead of a speed); ``small`` keeps lr 0.1
+at batch 64 and weight decay 5e-4.
+
 GMACs: the trial's own count (:func:`blocks.cost.count_macs`, one forward pass of one image at
 the validation resolution; convolutions and matrix products only).
 """
@@ -66,9 +72,11 @@ from pipeline.train import Trial
 BASELINE = "none"
 SIZES: dict[str, dict[str, Any]] = {
     "small": dict(backbone="cifar_resnet20", dataset="digits", res=[32], batch=64, precision="fp32",
-                  channels_last=False, device="cpu", threads=[1, 2], repeats=5, steps=None, workers=0),
+                  channels_last=False, device="cpu", threads=[1, 2], repeats=5, steps=None, workers=0,
+                  lr_per_256=0.4, weight_decay=5e-4),
     "full": dict(backbone="resnet50", dataset="synthetic", res=[160, 224], batch=128, precision="bf16",
-                 channels_last=True, device="cuda", threads=[None], repeats=3, steps=20, workers=None),
+                 channels_last=True, device="cuda", threads=[None], repeats=3, steps=20, workers=None,
+                 lr_per_256=0.1, weight_decay=1e-4),
 }
 
 
@@ -117,7 +125,8 @@ def trial_tree(s: dict[str, Any], attention: str, res: int, work_dir: str) -> di
     else:
         data.update(train_res=res, val_res=res)
     return {"model": {"backbone": s["backbone"], "attention": None if attention == BASELINE else attention},
-            "data": data, "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+            "data": data, "optim": {"epochs": 100, "lr": s["lr_per_256"] * s["batch"] / 256, "momentum": 0.9,
+                                    "weight_decay": s["weight_decay"]},
             "precision": s["precision"], "device": s["device"], "channels_last": s["channels_last"],
             "seed": 0, "work_dir": work_dir, "tracking": {"enabled": False}, "checkpoint": {"every": 0}}
 
