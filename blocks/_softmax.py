@@ -23,6 +23,7 @@ buffer (the shifted logits are turned into the output in place), so it costs the
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -52,8 +53,43 @@ class _SafeSoftmax(torch.autograd.Function):
         return gp, None, None, None
 
 
+def _autocast_half(t: torch.Tensor) -> bool:
+    """``t`` is float16/bfloat16 inside an autocast region of its device."""
+    return t.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(t.device.type)
+
+
+@contextlib.contextmanager
+def float32_logits(like: torch.Tensor):
+    """Autocast off for the attention logits computed inside; yields a cast to float32 (identity
+    outside autocast).  See :func:`logits_bmm`."""
+    dev = like.device.type
+    if not torch.is_autocast_enabled(dev):
+        yield lambda t: t
+        return
+    with torch.autocast(dev, enabled=False):
+        yield lambda t: t.float()
+
+
+def logits_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` for attention logits, in float32 inside an autocast region.
+
+    Autocast runs ``bmm`` in bfloat16/float16, whose 8/11-bit mantissas cannot hold dot products
+    over many terms: DANet's CAM energies X·Xᵀ sum HW·C products and reach the hundreds, where
+    bfloat16's step is 1-4, and the softmax of such rounded logits is wrong by factors of e^1-e^4.
+    The logits are therefore computed, as the
+    softmax that follows (:func:`safe_softmax`), in float32 — the policy torch's autocast applies to
+    ``softmax`` itself; the product of the probabilities with the values runs in autocast's dtype."""
+    with float32_logits(a) as f32:
+        return torch.bmm(f32(a), f32(b))
+
+
 def safe_softmax(logits: torch.Tensor, dim: int = -1, floor: float = FLOOR) -> torch.Tensor:
-    """``softmax(logits, dim)`` without subnormals: entries below ``exp(floor)`` become 0."""
+    """``softmax(logits, dim)`` without subnormals: entries below ``exp(floor)`` become 0.
+
+    Inside an autocast region float16/bfloat16 logits are taken in float32 and the result is
+    float32, as autocast does for ``torch.softmax``."""
+    if _autocast_half(logits):
+        logits = logits.float()
     # p ≤ e^floor·(1 + 4ε) → 0: the margin covers exp's own rounding (≤ 1 ulp), so every
     # clamped entry is caught; the row maximum (exp(0) = 1) must stay well above the cut.
     cut = math.exp(floor) * (1.0 + 4.0 * torch.finfo(logits.dtype).eps)

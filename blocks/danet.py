@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._softmax import safe_softmax
+from ._softmax import logits_bmm, safe_softmax
 from .maps import MapsMixin
 from .registry import register
 from .se import reduced
@@ -75,7 +75,7 @@ class PositionAttention(MapsMixin, nn.Module):
         q = self.query(x).flatten(2)  # (N, C/8, HW)
         k = self.key(x).flatten(2)  # (N, C/8, HW)
         v = self.value(x).flatten(2)  # (N, C, HW)
-        s = safe_softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (N, HW_q, HW_k)   Eq. 1
+        s = safe_softmax(logits_bmm(q.transpose(1, 2), k), dim=-1)  # (N, HW_q, HW_k)   Eq. 1
         self._keep("affinity", s)
         out = torch.bmm(v, s.transpose(1, 2)).view(n, c, h, w)  # (N, C, H, W)   Σ_q s_pq V_q
         return self.gamma * out + x  # Eq. 2
@@ -90,7 +90,7 @@ class ChannelAttention(MapsMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         xf = x.flatten(2)  # (N, C, HW)
-        energy = torch.bmm(xf, xf.transpose(1, 2))  # (N, C, C)   X·Xᵀ
+        energy = logits_bmm(xf, xf.transpose(1, 2))  # (N, C, C)   X·Xᵀ
         # Official code: max-minus-energy, i.e. softmax(−X·Xᵀ) (module docstring).
         logits = energy.amax(-1, keepdim=True) - energy  # (N, C, C)
         a = safe_softmax(logits, dim=-1)  # (N, C, C)   Eq. 3 (code variant)

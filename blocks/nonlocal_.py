@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._softmax import safe_softmax
+from ._softmax import logits_bmm, safe_softmax
 from .maps import MapsMixin
 from .registry import register
 from .se import reduced
@@ -105,7 +105,7 @@ class NonLocal(MapsMixin, nn.Module):
         hk, wk = phi.shape[-2:]
         phi = phi.flatten(2)  # (N, C', H'W')
         g = self._pool(self.g(x)).flatten(2)  # (N, C', H'W')
-        logits = torch.bmm(theta.transpose(1, 2), phi)  # (N, HW, H'W')   θ_iᵀ φ_j
+        logits = logits_bmm(theta.transpose(1, 2), phi)  # (N, HW, H'W')   θ_iᵀ φ_j
         if self.scale:
             logits = logits * cp**-0.5
         f = safe_softmax(logits, dim=-1)  # (N, HW, H'W')   Eq. 3, normalised over j

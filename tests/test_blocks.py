@@ -162,3 +162,18 @@ def test_dtype_methods_are_not_shadowed(name):
     x = torch.randn(2, C, 5, 3, dtype=torch.float64)
     m.double().eval()
     assert m(x).dtype == torch.float64
+
+
+
+@pytest.mark.parametrize("name", STAGE)
+def test_bfloat16_autocast_stays_close_to_float32(name):
+    """Under bfloat16 autocast (what ``precision: bf16`` trains with) a block's output and input
+    gradient stay within bfloat16's rounding of the float32 block's.  Attention logits are dot
+    products over many terms: rounded to bfloat16 they moved CAM's and DANet's outputs and
+    gradients far beyond that, and SPA's bfloat16 saliencies picked other top-k positions; they
+    are computed in float32 (blocks._softmax.logits_bmm, float32_logits)."""
+    from benchmarks.bf16_error import bf16_error, sample_input
+
+    y, g = bf16_error(name, sample_input())  # odd, non-square input at post-ReLU scale
+    assert y < 0.015, f"{name}: output {y:.4f} from float32"
+    assert g < 0.1, f"{name}: input gradient {g:.4f} from float32"
