@@ -138,7 +138,7 @@ class _ClaimBase(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=200)
     title: str = Field(min_length=5)  # one sentence, as a reader would say it
     source: Source
-    status: Status  # as PAPERS.md has it: verified (read in the source) or unverified (recalled)
+    status: Status  # verified (read in the source, or counted by building the model) or unverified (recalled)
     status_note: Optional[str] = None  # "params verified", "verified (English text)"
     setting: Setting
     note: Optional[str] = None
