@@ -76,9 +76,10 @@ def logits_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Autocast runs ``bmm`` in bfloat16/float16, whose 8/11-bit mantissas cannot hold dot products
     over many terms: DANet's CAM energies X·Xᵀ sum HW·C products and reach the hundreds, where
     bfloat16's step is 1-4, and the softmax of such rounded logits is wrong by factors of e^1-e^4.
-    The logits are therefore computed, as the
-    softmax that follows (:func:`safe_softmax`), in float32 — the policy torch's autocast applies to
-    ``softmax`` itself; the product of the probabilities with the values runs in autocast's dtype."""
+    The logits are therefore computed in float32, as is the softmax that follows
+    (:func:`safe_softmax`; torch's autocast applies that policy to ``softmax`` itself); the
+    product of the probabilities with the values runs in autocast's dtype (docs/blocks.md,
+    "bfloat16 autocast")."""
     with float32_logits(a) as f32:
         return torch.bmm(f32(a), f32(b))
 

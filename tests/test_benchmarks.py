@@ -217,3 +217,21 @@ def test_gaussian_parts_bad_flags_are_one_line(flag):
     r = _run_module("gaussian_parts", *flag)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 2, r.stderr
     assert "Traceback" not in r.stderr and flag[0] in r.stderr.splitlines()[0]
+
+
+# --- numerics and loader host work: bf16_error.py, host_augment.py ---------------------------
+
+def test_bf16_error_prints_a_row_per_stage_block():
+    r = _run_module("bf16_error", "--json", "--channels", "16", "--size", "7x5", "--batch", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert set(rows) == set(blocks.names("stage"))
+    assert all(0 <= v["output"] < 0.05 and 0 <= v["input_grad"] < 0.2 for v in rows.values()), rows
+
+
+def test_host_augment_runs_and_its_two_forms_agree():
+    r = _run_module("host_augment", "--res", "24", "--batch", "6", "--rounds", "2", "--threads", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| 24 |" in r.stdout
+    bad = _run_module("host_augment", "--res", "x")
+    assert bad.returncode == 2 and "--res" in bad.stderr

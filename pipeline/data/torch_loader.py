@@ -253,28 +253,37 @@ def batch_padcrop(x: torch.Tensor, p: int, keys: np.ndarray) -> torch.Tensor:
 
 
 def batch_flip(x: torch.Tensor, keys: np.ndarray) -> torch.Tensor:
-    mask = torch.from_numpy(kr.flips_array(keys))
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(2), x)
+    """Mirror the images whose key says so (N x H x W x C).  A copy, then each chosen image
+    flipped on its own: torch's flip of the whole batch through ``where`` made two slow passes
+    over every image (docs/loaders.md)."""
+    out = x.clone(memory_format=torch.contiguous_format)
+    for i in np.flatnonzero(kr.flips_array(keys)).tolist():
+        out[i] = x[i].flip(1)  # (H, W, C): along W
+    return out
+
+
+RRC_RUN = 4  # images per task when the crops run on threads
 
 
 def batch_rrc(x: torch.Tensor, op: Op, keys: np.ndarray, pool: Optional[ThreadPoolExecutor] = None) -> torch.Tensor:
     """Random-resized crop of each image of a uint8 N x H x W x C batch -> N x res x res x C.
 
-    Each image has its own window, so a resize per image; with ``pool`` the images are spread
-    over its threads (torch's resize releases the GIL).  The same result either way."""
+    Each image has its own window, so a resize per image; with ``pool`` the batch goes to its
+    threads in runs of ``RRC_RUN`` images (torch's resize releases the GIL; a run per task keeps
+    the per-task overhead small).  The same result either way."""
     n, h, w, c = x.shape
     windows = [kr.rrc_window(h, w, op.scale, op.aspect, key) for key in keys.tolist()]
     out = torch.empty((n, op.res, op.res, c), dtype=x.dtype)
 
-    def one(i: int) -> None:
-        top, left, ch, cw = windows[i]
-        out[i] = resize_cl(x[i, top:top + ch, left:left + cw].permute(2, 0, 1), op.res).permute(1, 2, 0)
+    def crop(images: range) -> None:
+        for i in images:
+            top, left, ch, cw = windows[i]
+            out[i] = resize_cl(x[i, top:top + ch, left:left + cw].permute(2, 0, 1), op.res).permute(1, 2, 0)
 
     if pool is None:
-        for i in range(n):
-            one(i)
+        crop(range(n))
     else:
-        for f in [pool.submit(one, i) for i in range(n)]:
+        for f in [pool.submit(crop, range(i, min(i + RRC_RUN, n))) for i in range(0, n, RRC_RUN)]:
             f.result()  # re-raises an image's error here
     return out
 
@@ -317,7 +326,9 @@ class TensorLoader(Loader):
 
     def __init__(self, split: Split, split_plan: SplitPlan, plan: Plan, *, device, rank: int,
                  world_size: int):
-        self.images = torch.from_numpy(split.array)  # N x H x W x 3 uint8
+        # N x H x W x 3 uint8; batches are gathered with numpy's take, a copy per image (torch's
+        # indexing of the uint8 tensor was several times slower: docs/loaders.md)
+        self.array = np.ascontiguousarray(split.array)
         self.labels = torch.from_numpy(split.labels)
         self.rank, self.world_size = rank, world_size
         n = len(epoch_indices(len(self.labels), shuffle=False, seed=0, epoch=0, rank=rank,
@@ -344,7 +355,8 @@ class TensorLoader(Loader):
             b = idx_t[start:start + bs]
             keys = kr.sample_keys(ekey, idx[start:start + bs])
             with one_thread(self.device):
-                x = apply_batch_ops(self.images[b], sp.ops, keys, self.pool)
+                batch = torch.from_numpy(self.array.take(idx[start:start + bs], axis=0))  # (B, H, W, 3)
+                x = apply_batch_ops(batch, sp.ops, keys, self.pool)
                 out = self.normaliser(x, self.labels[b])
             yield out
 
