@@ -32,3 +32,14 @@ def test_train_throughput_full_mode_runs():
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| se |" in r.stdout and "| baseline |" in r.stdout
+
+
+@pytest.mark.parametrize("name", __import__("blocks").names("stage"))
+def test_bfloat16_autocast_on_cuda_stays_close_to_float32(name):
+    """tests/test_blocks.py's bf16 check on CUDA, where ``precision: bf16`` trains (cuBLAS and
+    cuDNN bf16 kernels, not the CPU's)."""
+    from benchmarks.bf16_error import bf16_error, sample_input
+
+    y, g = bf16_error(name, sample_input(device="cuda"))
+    assert y < 0.015, f"{name}: output {y:.4f} from float32"
+    assert g < 0.1, f"{name}: input gradient {g:.4f} from float32"
