@@ -32,12 +32,11 @@ Sizes (``auto``: ``full`` when CUDA is available, else ``small``):
 * ``full`` — torchvision ResNet-50 on CUDA at each ``--res`` (default ``160,224``), bf16 autocast
   and channels_last, batch 128, the ``synthetic`` dataset stored at the training resolution
   (1000 classes, ``--steps`` x batch train images, ImageNet-style random-resized-crop and flip
-  done by the in-memory loader in the trainer's default worker processes, min(8, CPUs)), cuDNN
-  benchmark mode; a row per block
-  (``blocks.names("stage")`` at its registry default placement, then the model-level
-  ``ltpa`` / ``pyramid``) with its ratio to the baseline's images/s beside the ratio of their
-  GMACs, and the peak of ``torch.cuda.max_memory_allocated()`` in MiB (2^20 bytes) over the
-  row's epochs.
+  done on the host by the in-memory loader, its crops on ``data.workers`` threads, by default
+  min(8, CPUs)), cuDNN benchmark mode; a row per block (``blocks.names("stage")`` at its
+  registry default placement, then the model-level ``ltpa`` / ``pyramid``) with its ratio to
+  the baseline's images/s beside the ratio of their GMACs, and the peak of
+  ``torch.cuda.max_memory_allocated()`` in MiB (2^20 bytes) over the row's epochs.
 
 Optimizer: SGD with momentum 0.9 and the linear scaling rule (Goyal et al., arXiv 1706.02677):
 ``full`` takes the ImageNet specs' recipe, lr 0.1 per 256 images and weight decay 1e-4 (at lr 0.1
@@ -252,7 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (full size: synthetic train images / batch)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs of each kind per setting")
     p.add_argument("--workers", type=int, default=None,
-                   help="loader worker processes (small: 0; full: the trainer's default, min(8, CPUs))")
+                   help="data.workers: worker processes of a file loader, crop threads of the in-memory one on "
+                        "a GPU (small: 0; full: the trainer's default, min(8, CPUs))")
     p.add_argument("--only", default=None, help="comma list of attentions (the baseline always runs)")
     p.add_argument("--no-model-level", action="store_true", help="skip ltpa/pyramid (full size)")
     p.add_argument("--json", action="store_true", help="settings and rows as JSON instead of the table")
