@@ -222,16 +222,17 @@ class SalientPositionsAttention(MapsMixin, nn.Module):
         k = keep_count(h * w, self.topk_ratio, self.topk)
         xf = x.flatten(2)  # (N, C, HW)
         w_theta = self.theta.weight.view(cp, c)  # (C', C)
-        # Selection only (top-k has no gradient), in float32 under autocast: bfloat16 saliencies
-        # tie and swap near-equal positions, a different selection from the float32 block's.
-        with torch.no_grad(), float32_logits(x) as f32:
-            theta = F.conv2d(f32(x), f32(self.theta.weight), f32(self.theta.bias))  # (N, C', H, W)
-            saliency = theta.flatten(2).pow(2).sum(1)  # (N, HW)   Σ_c θ_c(p)²
-            keep = saliency.topk(k, dim=1, sorted=True).indices  # (N, k)
-        x_k = xf.gather(2, keep.unsqueeze(1).expand(n, c, k))  # (N, C, k)
-        # θ_K = W_θ x_K + b_θ as one batched GEMM on the expanded (not copied) weight
-        b_theta = self.theta.bias.view(1, cp, 1)
-        with float32_logits(x) as f32:  # θ_K and its Gram matrix A in float32 (see _softmax.logits_bmm)
+        # The selection, θ_K and its Gram matrix A in float32 under autocast (see
+        # _softmax.logits_bmm): bfloat16 saliencies tie and swap near-equal positions, a different
+        # selection from the float32 block's.
+        with float32_logits(x) as f32:
+            with torch.no_grad():  # selection only: top-k has no gradient
+                theta = F.conv2d(f32(x), f32(self.theta.weight), f32(self.theta.bias))  # (N, C', H, W)
+                saliency = theta.flatten(2).pow(2).sum(1)  # (N, HW)   Σ_c θ_c(p)²
+                keep = saliency.topk(k, dim=1, sorted=True).indices  # (N, k)
+            x_k = xf.gather(2, keep.unsqueeze(1).expand(n, c, k))  # (N, C, k)
+            # θ_K = W_θ x_K + b_θ as one batched GEMM on the expanded (not copied) weight
+            b_theta = self.theta.bias.view(1, cp, 1)
             theta_k = torch.baddbmm(f32(b_theta), f32(w_theta).expand(n, cp, c), f32(x_k))  # (N, C', k)
             a = safe_softmax(torch.bmm(theta_k, theta_k.transpose(1, 2)), dim=-1)  # (N, C', C')
         if self._capture:

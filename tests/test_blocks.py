@@ -164,7 +164,6 @@ def test_dtype_methods_are_not_shadowed(name):
     assert m(x).dtype == torch.float64
 
 
-
 @pytest.mark.parametrize("name", STAGE)
 def test_bfloat16_autocast_stays_close_to_float32(name):
     """Under bfloat16 autocast (what ``precision: bf16`` trains with) a block's output and input

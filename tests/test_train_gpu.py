@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import blocks
 from pipeline.config import load_trial_config
 from pipeline.train import fit
 
@@ -34,7 +35,7 @@ def test_train_throughput_full_mode_runs():
     assert "| se |" in r.stdout and "| baseline |" in r.stdout
 
 
-@pytest.mark.parametrize("name", __import__("blocks").names("stage"))
+@pytest.mark.parametrize("name", blocks.names("stage"))
 def test_bfloat16_autocast_on_cuda_stays_close_to_float32(name):
     """tests/test_blocks.py's bf16 check on CUDA, where ``precision: bf16`` trains (cuBLAS and
     cuDNN bf16 kernels, not the CPU's)."""

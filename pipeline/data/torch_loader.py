@@ -348,16 +348,15 @@ class TensorLoader(Loader):
                             even=sp.split == "train")
         ekey = kr.epoch_key(self.plan.seed, self.epoch)
         self.epoch += 1
-        idx_t = torch.from_numpy(idx)
         bs = sp.batch_size
         stop = len(idx) - len(idx) % bs if sp.drop_last else len(idx)
         for start in range(0, stop, bs):
-            b = idx_t[start:start + bs]
-            keys = kr.sample_keys(ekey, idx[start:start + bs])
+            b = idx[start:start + bs]  # the batch's sample indices
+            keys = kr.sample_keys(ekey, b)
             with one_thread(self.device):
-                batch = torch.from_numpy(self.array.take(idx[start:start + bs], axis=0))  # (B, H, W, 3)
+                batch = torch.from_numpy(self.array.take(b, axis=0))  # (B, H, W, 3)
                 x = apply_batch_ops(batch, sp.ops, keys, self.pool)
-                out = self.normaliser(x, self.labels[b])
+                out = self.normaliser(x, self.labels[torch.from_numpy(b)])
             yield out
 
 
