@@ -211,9 +211,13 @@ def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen, log
 
 
 def _port_free(port: int) -> bool:
+    """No process listens on ``port`` of 127.0.0.1.  With ``SO_REUSEADDR``, as the servers bind:
+    connections of a stack stopped a moment ago linger in TIME_WAIT for a minute and do not stop
+    a new server from binding (a plain bind refused, and ``up`` right after ``down`` failed)."""
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -81,6 +81,31 @@ def test_stack_refuses_a_port_in_use_in_one_line(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and f"port {busy}" in r.stderr and "--mlflow-port" in r.stderr
 
 
+def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free():
+    """``up`` right after ``down``: the stopped server's side of its connections sits in TIME_WAIT
+    for a minute.  Servers bind over that (SO_REUSEADDR); the port check must agree, and still
+    refuse a port somebody listens on."""
+    import socket
+
+    from infra.stack import _port_free
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    assert not _port_free(port)  # listening
+    conn.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    server.close()
+    client.close()
+    with socket.socket() as plain:  # what the check did before: a bind without SO_REUSEADDR
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    assert _port_free(port)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["up", "--state", "{afile}"], "not a folder"),
     (["status", "--state", "{afile}"], "not a folder"),
