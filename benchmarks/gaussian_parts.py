@@ -70,7 +70,7 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     t, g_t = torch.randn(b, h, w), torch.randn(b, h, w)
     kh = torch.softmax(torch.randn(h, h), 1)
     kw = kh
-    big_g = torch.randn(cp, cp)
+    g_bn = torch.randn(cp, cp + 1)
     out_cp = torch.empty(n, cp, l)
     w2t = w_aug[:, :cp].t()
 
@@ -93,8 +93,8 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
         Part("aggregation", "dKw = Σ dTᵀ V (σ)", agg_y, lambda: torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))),
         Part("BN statistics", "moments of [y − k; 1]", n * (cp + 1) ** 2 * l,
              lambda: torch.bmm(ya, ya.transpose(1, 2)).sum(0)),
-        Part("BN statistics", "dy += (2/M) dS (y − m), in place", n * cp * cp * l,
-             lambda: torch.baddbmm(gy, big_g.expand(n, cp, cp), v, out=gy)),
+        Part("BN statistics", "dy += (2/M) dS (y − m) + dm/M, in place", n * cp * (cp + 1) * l,
+             lambda: torch.baddbmm(gy, g_bn.expand(n, cp, cp + 1), ya, out=gy)),
     ]
 
 
