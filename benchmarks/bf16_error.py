@@ -13,12 +13,12 @@ block whose computation bfloat16 cannot hold.  Figures: docs/blocks.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
 import blocks
+from pipeline.errors import ArgumentParser, int_range
 
 
 def run_block(name: str, x: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,10 +55,10 @@ def sample_input(batch: int = 4, channels: int = 64, h: int = 15, w: int = 11, d
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.bf16_error", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--channels", type=int, default=64)
+    ap = ArgumentParser(prog="python -m benchmarks.bf16_error", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--channels", type=int_range(1, 4096), default=64)
     ap.add_argument("--size", default="15x11", help="H x W")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int_range(1, 1024), default=4)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         h, w = (int(v) for v in a.size.lower().split("x"))
     except ValueError:
         ap.error(f"--size: expected HxW such as 15x11, got {a.size!r}")
+    if not (1 <= h <= 1024 and 1 <= w <= 1024) or h * w * a.batch < 2:  # BatchNorm needs 2 values
+        ap.error(f"--size: H and W must be 1..1024, with batch x H x W >= 2, got {a.size!r}")
     if a.device not in ("cpu", "cuda") or (a.device == "cuda" and not torch.cuda.is_available()):
         ap.error(f"--device: {a.device!r} is not available here (cpu, or cuda on a machine with a GPU)")
     x = sample_input(a.batch, a.channels, h, w, a.device)

@@ -46,7 +46,6 @@ backward runs, which is what accumulates over a whole network.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -61,6 +60,7 @@ import torch.nn as nn
 import blocks
 from benchmarks._memory import minor_faults, retain_freed_memory, traced_peak_bytes
 from blocks.registry import UnknownBlockError
+from pipeline.errors import ArgumentParser, int_range
 
 SIZES = {"small": (64, 32), "large": (256, 56)}
 REFERENCE = "nonlocal (sub-sampled)"
@@ -258,13 +258,13 @@ def paired_ratio(rows: list[Row], num: str, den: str) -> tuple[float, float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.block_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="small,large", help="comma list of: " + ", ".join(SIZES))
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int_range(1, 4096), default=8)
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=5)
     ap.add_argument("--only", default="", help="comma list of substrings of row labels to keep "
                     "(the sub-sampled non-local reference row is always kept)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
     ap.add_argument("--allocator", choices=("retain", "default"), default="retain",
                     help="retain: glibc keeps freed memory for reuse, so no row pays page faults for "
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         allocator = "default (not glibc)"
     sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
     bad = [s for s in sizes if s not in SIZES]
-    if bad:
-        ap.error(f"unknown size(s) {bad}; valid: {', '.join(SIZES)}")
+    if bad or not sizes:
+        ap.error(f"--sizes: unknown size(s) {bad}; valid: {', '.join(SIZES)}" if bad else "--sizes: give at least one")
     if a.threads:
         torch.set_num_threads(a.threads)
     only = {s.strip() for s in a.only.split(",") if s.strip()} or None

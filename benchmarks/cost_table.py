@@ -28,7 +28,6 @@ command, the machine and the date above it; the rest of the file is left as it i
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -45,6 +44,7 @@ import torch
 import blocks
 from benchmarks.block_speed import peak_bytes, step
 from blocks.cost import count_macs, count_params
+from pipeline.errors import ArgumentParser, file_problem, int_range
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cost-table:begin -->", "<!-- cost-table:end -->"
@@ -242,21 +242,31 @@ def write(out: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = ArgumentParser(prog="python -m benchmarks.cost_table", description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1)
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=3)
     ap.add_argument("--out", default=str(ROOT / "docs" / "blocks.md"))
     ap.add_argument("--only", default="", help="comma list of block names (default: all)")
     ap.add_argument("--no-timing", action="store_true", help="params and GMACs only")
     a = ap.parse_args(argv)
+    out = Path(a.out).expanduser().resolve()
+    problem = file_problem(out) if a.out.strip() else "give a file"
+    if problem is None and out.exists():  # the table goes into it: it must read as text, now
+        try:
+            out.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            problem = f"cannot be read as UTF-8 text ({type(e).__name__})"
+    if problem:
+        ap.error(f"--out {a.out!r}: {problem}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     names = blocks.names()
     if a.only:
         wanted = [s.strip() for s in a.only.split(",") if s.strip()]
         unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            ap.error(f"unknown block(s) {unknown}; valid: {', '.join(names)}")
+        if unknown or not wanted:  # an empty list would replace the table with an empty one
+            ap.error(f"--only: unknown block(s) {unknown}; valid: {', '.join(names)}" if unknown
+                     else f"--only {a.only!r}: give at least one block")
         names = [n for n in names if n in wanted]
     base_macs = count_macs(blocks.build_model(BACKBONE, 1000), (MODEL_INPUT, MODEL_INPUT))
     rows = build_rows(names, not a.no_timing, a.repeats, base_macs)
@@ -266,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             f"GMACs: {BACKBONE} (torchvision v1.5) at {MODEL_INPUT}×{MODEL_INPUT}, the block in that "
             f"stage only, default slot; plain {BACKBONE} = {base_macs / 1e9:.3f} GMACs.\n\n"
             + table(rows))
-    write(Path(a.out), text)
+    write(out, text)
     print(text)
     return 0
 

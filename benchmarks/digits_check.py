@@ -171,7 +171,9 @@ def table(rows: list[dict], target: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from pipeline.errors import ArgumentParser, float_range
+
+    p = ArgumentParser(prog="python -m benchmarks.digits_check", description=__doc__.split("\n")[0])
     p.add_argument("--only", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--target", type=float, default=95.0)
+    p.add_argument("--target", type=float_range(0, 100), default=95.0, help="val top-1 (%%) to reach")
     p.add_argument("--tracking", choices=("sqlite", "server", "off"), default="sqlite")
     p.add_argument("--no-tracking", action="store_true", help="the same as --tracking off")
     p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: the final one)")
@@ -191,8 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     models = [m.strip() for m in a.only.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
-    if bad:
-        p.error(f"--only: unknown {', '.join(bad)}; valid: {', '.join(MODELS)}")
+    if bad or not models:
+        p.error(f"--only: unknown {', '.join(bad)}; valid: {', '.join(MODELS)}" if bad
+                else f"--only {a.only!r}: give at least one of {', '.join(MODELS)}")
+    from pipeline.config import validate_trial
+    from pipeline.errors import ConfigError
+
+    try:  # the recipe flags as the trial config judges them, before anything is started
+        for m in models:
+            validate_trial(trial_tree(m, a, Path(tempfile.gettempdir()), None))
+    except ConfigError as e:
+        p.error(f"the recipe flags (--epochs, --lr, --batch, --warmup, ...): {e}")
 
     import torch
 

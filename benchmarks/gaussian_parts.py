@@ -41,7 +41,7 @@ import blocks
 from blocks.gaussian import _aggregate_y_into, _outer_and_project, _plus_gemm
 from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
-from pipeline.errors import ArgumentParser
+from pipeline.errors import ArgumentParser, int_range
 
 GROUPS = ("projections", "aggregation", "BN statistics")
 
@@ -169,18 +169,14 @@ def report(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m benchmarks.gaussian_parts", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--channels", type=int, default=256)
-    ap.add_argument("--hw", type=int, default=56, help="side of the square map")
-    ap.add_argument("--repeats", type=int, default=11)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the figure the docs quote)")
+    ap.add_argument("--batch", type=int_range(1, 4096), default=8)
+    ap.add_argument("--channels", type=int_range(8, 4096), default=256,
+                    help="at least 8: the block's value width is C / 8")
+    ap.add_argument("--hw", type=int_range(1, 1024), default=56, help="side of the square map")
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=11)
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1, help="torch threads (1: the figure the docs quote)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    for name in ("batch", "channels", "hw", "repeats", "threads"):
-        if getattr(a, name) < 1:
-            ap.error(f"--{name} must be at least 1, got {getattr(a, name)}")
-    if a.channels < 8:
-        ap.error(f"--channels must be at least 8 (the block's value width is C / 8), got {a.channels}")
     retain_freed_memory()
     torch.set_num_threads(a.threads)
     r = measure(a.batch, a.channels, a.hw, a.repeats)

@@ -284,10 +284,13 @@ def free_port() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.grid_overhead", description=__doc__.split("\n")[0])
-    p.add_argument("--ratios", type=int, default=1000, help="top-k ratios of the expansion spec (10 x ratios + 2 trials)")
-    p.add_argument("--trials", type=int, default=6, help="smoke trials through Tune")
-    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (= trials at a time)")
+    from pipeline.errors import ArgumentParser, file_problem, int_range
+
+    p = ArgumentParser(prog="python -m benchmarks.grid_overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--ratios", type=int_range(1, 100_000), default=1000,
+                   help="top-k ratios of the expansion spec (10 x ratios + 2 trials)")
+    p.add_argument("--trials", type=int_range(1, 10_000), default=6, help="smoke trials through Tune")
+    p.add_argument("--cpus", type=int_range(1, 1024), default=2, help="CPUs of the local Ray (= trials at a time)")
     p.add_argument("--tracking", choices=("server", "sqlite", "off"), default="server")
     p.add_argument("--skip-expand", action="store_true")
     p.add_argument("--skip-startup", action="store_true")
@@ -296,8 +299,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--profile-out", default=None, help="save the cProfile stats of the first fit start here")
     p.add_argument("--startup-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.profile_out is not None:
+        problem = file_problem(Path(a.profile_out).resolve()) if a.profile_out.strip() else "give a file"
+        if problem:
+            p.error(f"--profile-out {a.profile_out!r}: {problem}")
     if a.startup_child is not None:
-        args = json.loads(a.startup_child)
+        try:
+            args = json.loads(a.startup_child)
+            args = {k: args[k] for k in ("tracking", "work_dir", "profile_out")}
+        except (ValueError, TypeError, KeyError) as e:
+            p.error(f"--startup-child: not the JSON this benchmark passes its child ({type(e).__name__}: {e})")
         print(json.dumps(startup_child(args["tracking"], args["work_dir"], args["profile_out"])))
         return 0
 

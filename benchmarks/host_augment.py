@@ -20,7 +20,6 @@ normalisation comes on top.  Figures: docs/loaders.md.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,18 +65,16 @@ def measure(res: int, batch: int, rounds: int, threads: int) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.host_augment", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--res", default="160,224", help="comma list of resolutions (px)")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--threads", type=int, default=1, help="threads for the crops (torch runs one thread each)")
+    from pipeline.errors import ArgumentParser, int_list, int_range
+
+    ap = ArgumentParser(prog="python -m benchmarks.host_augment", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--res", type=int_list(8, 1024), default=[160, 224], help="comma list of resolutions (px)")
+    ap.add_argument("--batch", type=int_range(1, 65_536), default=128)
+    ap.add_argument("--rounds", type=int_range(1, 1000), default=25)
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1,
+                    help="threads for the crops (torch runs one thread each)")
     a = ap.parse_args(argv)
-    try:
-        resolutions = [int(v) for v in a.res.split(",") if v.strip()]
-    except ValueError:
-        ap.error(f"--res: expected a comma list of integers, got {a.res!r}")
-    if a.batch < 1 or a.rounds < 1 or a.threads < 1:
-        ap.error("--batch, --rounds and --threads must be >= 1")
+    resolutions = a.res
     torch.set_num_threads(1)  # as the loader does (pipeline.data.torch_loader.one_thread)
     print(f"batch {a.batch}, crop threads {a.threads}, medians of {a.rounds} rounds, torch {torch.__version__}")
     print("| res | loader ms/batch | plain torch ms/batch | plain / loader |\n|---:|---:|---:|---:|")

@@ -18,7 +18,6 @@ things measured.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 
+LOADERS = ("ours_ffcv", "ffcv_direct", "ours_torch", "ours_torch_orig", "ours_torch_orig_mainnorm", "plain_torch")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -148,17 +148,29 @@ def epoch(loader) -> tuple[int, float, float]:
 
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=3000)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--res", default="160,224")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
+    from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range
+
+    p = ArgumentParser(prog="python -m benchmarks.loaders", description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int_range(1, 10_000_000), default=3000)
+    p.add_argument("--classes", type=int_range(1, 100_000), default=10)
+    p.add_argument("--res", type=int_list(8, 1024), default=[160, 224])
+    p.add_argument("--batch", type=int_range(1, 65_536), default=128)
+    p.add_argument("--workers", type=int_range(0, 512), default=2)
+    p.add_argument("--rounds", type=int_range(1, 1000), default=5)
     p.add_argument("--data", default="/tmp/attnlab-bench")
-    p.add_argument("--only", default="", help="comma list of loaders to run (default all)")
+    p.add_argument("--only", default="", help=f"comma list of loaders to run (default all: {', '.join(LOADERS)})")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    if args.classes > args.images:
+        p.error(f"--classes ({args.classes}) must not exceed --images ({args.images})")
+    unknown = [n for n in args.only.split(",") if n and n not in LOADERS]
+    if unknown or (args.only and not args.only.strip(",")):
+        p.error(f"--only {args.only!r}: unknown loader(s) {', '.join(unknown)}; valid: {', '.join(LOADERS)}")
+    for flag, value, check in (("--data", args.data, folder_problem), ("--json", args.json, file_problem)):
+        if value is not None:
+            problem = check(Path(value).resolve()) if value.strip() else "give a path"
+            if problem:
+                p.error(f"{flag} {value!r}: {problem}")
 
     data = Path(args.data).resolve()
     folder = make_folder(data / f"imagefolder-{args.images}", args.images, args.classes)
@@ -184,7 +196,7 @@ def main(argv=None) -> int:
         print(f"JPEG copy (max side 256) ready in {time.time() - t:.0f} s: {jpeg}", flush=True)
 
     results = {}
-    for res in (int(r) for r in args.res.split(",")):
+    for res in args.res:
         makers = {
             "ours_ffcv": lambda: ours("ffcv", folder, betons, res, args.batch, args.workers),
             "ffcv_direct": lambda: ffcv_direct(betons, res, args.batch, args.workers),

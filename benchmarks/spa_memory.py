@@ -24,7 +24,6 @@ MiB (2^20 bytes).  Figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -104,11 +103,13 @@ def cases(c: int) -> dict[str, nn.Module]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--channels", type=int, default=256)
-    ap.add_argument("--size", type=int, default=56)
-    ap.add_argument("--threads", type=int, default=2)
+    from pipeline.errors import ArgumentParser, int_range
+
+    ap = ArgumentParser(prog="python -m benchmarks.spa_memory", description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int_range(1, 4096), default=8)
+    ap.add_argument("--channels", type=int_range(1, 4096), default=256)
+    ap.add_argument("--size", type=int_range(2, 1024), default=56, help="side of the square map")
+    ap.add_argument("--threads", type=int_range(1, 1024), default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)

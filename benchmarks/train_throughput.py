@@ -49,7 +49,6 @@ the validation resolution; convolutions and matrix products only).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import json
@@ -65,7 +64,8 @@ from typing import Any, Optional
 
 import torch
 
-from pipeline.config import validate_trial
+from pipeline.config import MAX_BATCH, MAX_RES, MIN_RES, validate_trial
+from pipeline.errors import ArgumentParser, int_list, int_range
 from pipeline.train import Trial
 
 BASELINE = "none"
@@ -238,19 +238,16 @@ def table(rows: list[Row], gpu: bool) -> str:
     return "\n".join(out)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=("auto", "full", "small"), default="auto")
-    p.add_argument("--threads", type=_ints, default=None, help="comma list of torch thread counts (CPU)")
-    p.add_argument("--res", type=_ints, default=None, help="comma list of resolutions (px)")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="steps per epoch (full size: synthetic train images / batch)")
-    p.add_argument("--repeats", type=int, default=None, help="timed epochs of each kind per setting")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--threads", type=int_list(1, 1024), default=None, help="comma list of torch thread counts (CPU)")
+    p.add_argument("--res", type=int_list(MIN_RES, MAX_RES), default=None, help="comma list of resolutions (px)")
+    p.add_argument("--batch", type=int_range(1, MAX_BATCH), default=None)
+    p.add_argument("--steps", type=int_range(1, 100_000), default=None,
+                   help="steps per epoch (full size: synthetic train images / batch)")
+    p.add_argument("--repeats", type=int_range(1, 1000), default=None, help="timed epochs of each kind per setting")
+    p.add_argument("--workers", type=int_range(0, 512), default=None,
                    help="data.workers: worker processes of a file loader, crop threads of the in-memory one on "
                         "a GPU (small: 0; full: the trainer's default, min(8, CPUs))")
     p.add_argument("--only", default=None, help="comma list of attentions (the baseline always runs)")

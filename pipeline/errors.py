@@ -5,15 +5,19 @@
 * :func:`cli_exit` — print ``error: <line>`` per problem and exit 2; never a traceback.
 * :class:`ArgumentParser` — argparse whose usage errors are one line plus a pointer to
   ``--help`` (argparse's own prints the whole usage block first), exit 2.
-* :func:`folder_problem` — what stops a folder the user named from being used (made if missing).
+* :func:`int_range`, :func:`float_range`, :func:`int_list` — argparse ``type`` checks: a value out
+  of range is the parser's one-line usage error, before any work.
+* :func:`folder_problem` — what stops a folder the user named from being used (made if missing);
+  :func:`file_problem` — the same for a file a command will write.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, NoReturn, Optional
+from typing import Callable, Iterable, NoReturn, Optional
 
 
 class ConfigError(ValueError):
@@ -87,6 +91,55 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(status)
 
 
+def int_range(lo: int, hi: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``lo..hi`` (no upper bound when ``hi`` is None).  A
+    value out of range is the parser's one-line error naming the flag
+    (``argument --batch: must be 1..65,536, got 0``), before any work starts."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {_span(lo, hi)}, got {v:,}")
+        return v
+
+    return parse
+
+
+def float_range(lo: float, hi: Optional[float] = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number >= ``lo`` (> ``lo`` with ``above``) and <= ``hi``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or (above and v == lo) or (hi is not None and v > hi):
+            low = f"> {lo:g}" if above else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {low}" + (f" and <= {hi:g}" if hi is not None
+                                                                                 else "") + f", got {text!r}")
+        return v
+
+    return parse
+
+
+def int_list(lo: int, hi: Optional[int] = None) -> Callable[[str], list[int]]:
+    """An argparse ``type``: a non-empty comma list of integers, each in ``lo..hi``."""
+    one = int_range(lo, hi)
+
+    def parse(text: str) -> list[int]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}")
+        return [one(t) for t in items]
+
+    return parse
+
+
+def _span(lo: int, hi: Optional[int]) -> str:
+    return f">= {lo:,}" if hi is None else f"{lo:,}..{hi:,}"
+
+
 def folder_problem(path: Path) -> Optional[str]:
     """Create ``path`` (and its parents) if missing; ``None`` when it is then a folder this user
     can write, else why not, as the tail of a one-line error (``"not a folder"``,
@@ -107,3 +160,17 @@ def folder_problem(path: Path) -> Optional[str]:
     except OSError as e:
         return f"cannot be created: {e.strerror or e}"
     return None
+
+
+def file_problem(path: Path) -> Optional[str]:
+    """What stops writing the file ``path`` (its folder is made if missing); ``None`` when
+    nothing does.  Checked before a long run, not after it."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    problem = folder_problem(path.parent)
+    if problem:
+        return f"its folder {path.parent}: {problem}"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "not writable"
+    return None
+

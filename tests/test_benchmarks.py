@@ -235,3 +235,34 @@ def test_host_augment_runs_and_its_two_forms_agree():
     assert "| 24 |" in r.stdout
     bad = _run_module("host_augment", "--res", "x")
     assert bad.returncode == 2 and "--res" in bad.stderr
+
+
+@pytest.mark.parametrize("name,flags,needle", [
+    ("bf16_error", ["--batch", "x"], "--batch"),
+    ("bf16_error", ["--size", "0x5"], "--size"),
+    ("block_speed", ["--threads", "-1"], "--threads"),
+    ("block_speed", ["--sizes", ","], "--sizes"),
+    ("cost_table", ["--repeats", "zero"], "--repeats"),
+    ("cost_table", ["--out", "{tmp}"], "is a folder, not a file"),
+    ("cost_table", ["--only", ","], "--only"),
+    ("digits_check", ["--epochs", "0"], "optim.epochs"),
+    ("digits_check", ["--target", "nan"], "--target"),
+    ("grid_overhead", ["--cpus", "0"], "--cpus"),
+    ("grid_overhead", ["--startup-child", "nope"], "--startup-child"),
+    ("host_augment", ["--res", "0"], "--res"),
+    ("loaders", ["--only", "nope"], "--only"),
+    ("loaders", ["--json", "{tmp}"], "--json"),
+    ("spa_memory", ["--size", "0"], "--size"),
+    ("spa_memory", ["--batch", "x"], "--batch"),
+    ("train_throughput", ["--threads", "0"], "--threads"),
+    ("train_throughput", ["--res", "1"], "--res"),
+    ("gaussian_parts", ["--hw", "100000"], "--hw"),
+])
+def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp_path):
+    """Out-of-range numbers, unknown names and unusable output paths are refused before a
+    benchmark starts (they used to fail minutes later, or never); usage errors are one line
+    plus the --help pointer, not argparse's usage block."""
+    r = _run_module(name, *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert needle in lines[0] and lines[1].startswith("(run "), r.stderr
