@@ -35,6 +35,7 @@ from .registry import get, names
 #: The largest square input ``python -m blocks.cost`` builds (one image's activations at 2048 px
 #: are about a gigabyte in a ResNet-50; larger is an allocation failure, not a cost).
 MAX_INPUT = 2048
+MAX_CLASSES = 100_000  # as pipeline.config.MAX_CLASSES (blocks imports nothing of pipeline)
 
 
 class _MacCounter(TorchDispatchMode):
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.input is not None and not 0 < a.input <= MAX_INPUT:
             raise ValueError(f"--input must be 1..{MAX_INPUT} px, got {a.input}")
-        if a.num_classes is not None and a.num_classes < 1:
-            raise ValueError(f"--num-classes must be >= 1, got {a.num_classes}")
+        if a.num_classes is not None and not 0 < a.num_classes <= MAX_CLASSES:
+            raise ValueError(f"--num-classes must be >= 1 and at most {MAX_CLASSES:,}, got {a.num_classes:,}")
         if a.every is not None and a.every < 1:
             raise ValueError(f"--every must be >= 1, got {a.every}")
         attention = None
@@ -199,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "=" not in kv:
                     raise ValueError(f"--param expects KEY=VALUE, got {kv!r}")
                 k, v = kv.split("=", 1)
+                if k in ("kind", "stages", "slot", "every"):
+                    raise ValueError(f"--param {k}: give it as --{'attention' if k == 'kind' else k}")
+                if k in attention:
+                    raise ValueError(f"--param {k} given twice")
                 attention[k] = _parse_value(v)
         elif a.stages or a.slot or a.param or a.every:
             raise ValueError("--stages/--slot/--every/--param need --attention")

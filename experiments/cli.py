@@ -25,6 +25,10 @@ def check_run_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"--{flag.replace('_', '-')} must be >= 0")
     if a.grace_period is not None and a.grace_period < 1:
         p.error("--grace-period must be >= 1")
+    if a.grace_period is not None and a.scheduler != "asha":
+        p.error(f"--grace-period applies to --scheduler asha only, not --scheduler {a.scheduler}")
+    if a.storage is not None and not a.storage.strip():
+        p.error("--storage '': give a folder or a URI (leave the flag out for the default)")
     if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
         p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
     g = a.gpus_per_trial

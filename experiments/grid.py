@@ -256,6 +256,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if a.max_trials < 1:
         p.error("--max-trials must be >= 1")
     check_run_flags(p, a)
+    if a.json and not a.dry_run:
+        p.error("--json applies to --dry-run only (a run prints its summary as a table)")
     if not (0 < a.tflops < float("inf")):
         p.error("--tflops must be a finite number > 0")
     return a
@@ -280,6 +282,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             else:
                 print_table(grid, est, a.tflops)
             return 0
+        from pipeline.preflight import ray_address_problem
+
+        if problem := ray_address_problem():
+            raise ConfigError(problem)
         storage = storage_path(a.storage)
         exp_dir = Path(storage) / name if "://" not in storage else None
         if exp_dir is not None and exp_dir.exists() and not a.resume:

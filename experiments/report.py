@@ -688,12 +688,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--metric", default="best_top1", choices=["best_top1", "final_top1", "val_top1"])
     p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     a = p.parse_args(argv)
+    from pipeline.config import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, a.grid):  # it names the default output folder
+        p.error(f"--grid {a.grid!r}: a grid name is a letter or digit, then letters, digits, '_', '.' or '-'")
+    if a.out is not None and not a.out.strip():
+        p.error("--out '': give a folder (leave the flag out for the default)")
     try:
         uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             raise ConfigError("give --tracking-uri (or set MLFLOW_TRACKING_URI)")
-        from pipeline.tracking import check_reachable, grid_runs, log_artifact_dir
+        from pipeline.tracking import check_reachable, grid_runs, log_artifact_dir, uri_problem
 
+        if problem := uri_problem(uri):
+            raise ConfigError(problem)
         try:
             check_reachable(uri)
         except ConnectionError as e:

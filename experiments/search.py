@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError, cli_exit
 
 def parse_args(argv: Optional[list[str]]) -> Any:
     from pipeline.errors import ArgumentParser
+    from pipeline.search import MAX_TRIALS
 
     p = ArgumentParser(prog="experiments/search.py", description="Run an Optuna search on Ray Tune.")
     p.add_argument("--spec", required=True, help="search spec (YAML), e.g. experiments/specs/search/digits.yaml")
@@ -56,8 +57,8 @@ def parse_args(argv: Optional[list[str]]) -> Any:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (from its checkpoint)")
     p.add_argument("--check", action="store_true", help="check the spec and print the space; run nothing")
     a = p.parse_args(argv)
-    if a.trials is not None and a.trials < 1:
-        p.error("--trials must be >= 1")
+    if a.trials is not None and not 1 <= a.trials <= MAX_TRIALS:
+        p.error(f"--trials must be 1..{MAX_TRIALS:,}, got {a.trials:,}")
     check_run_flags(p, a)
     if a.objective is not None:
         objs = [o.strip() for o in a.objective.split(",")]
@@ -160,6 +161,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if a.check:
             print_space(search)
             return 0
+        from pipeline.preflight import ray_address_problem
+
+        if problem := ray_address_problem():
+            raise ConfigError(problem)
         storage = storage_path(a.storage)
         url = study_url(a, storage, name)
         uri = tracking_uri(search, storage)
@@ -168,8 +173,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         from pipeline.search import open_study
 
         fingerprint = search.fingerprint()
-        open_study(name, url, search, a.resume, fingerprint, check_only=True)  # the study first: no run yet
-        check_store(uri)
+        check_store(uri)  # a malformed or dead tracking URI before the study file is made
+        open_study(name, url, search, a.resume, fingerprint, check_only=True)  # the study before any run
         check_parent(uri, experiment, name, a.resume)
     except ConfigError as e:
         cli_exit(e)

@@ -64,6 +64,39 @@ def ensure_token(state: Path) -> Path:
     return path
 
 
+def read_info(state: Path) -> dict | None:
+    """The stack's ``stack.json`` (``None`` when there is none); a damaged one is a one-line
+    :class:`StackError` that says how to clear it."""
+    info = state / "stack.json"
+    if not info.exists():
+        return None
+    try:
+        s = json.loads(info.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        s = e
+    if not (isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("mlflow_url", "dashboard_url"))):
+        why = f"{type(s).__name__}: {' '.join(str(s).split())[:200]}" if isinstance(s, Exception) else \
+            "no mlflow_url/dashboard_url"
+        raise StackError(f"{info} is damaged ({why}); clear it with `python -m infra.stack down --state {state}`")
+    return s
+
+
+def state_folder(p, arg: str | None) -> Path:
+    """``--state`` (or ``$ATTNLAB_STATE``, else ``~/.attnlab/stack``) as an absolute folder; an
+    empty value would be the current folder: ``p.error`` (one line, exit 2)."""
+    if arg is None:
+        env = os.environ.get("ATTNLAB_STATE")
+        if env is not None and not env.strip():
+            p.error("ATTNLAB_STATE is set but empty: unset it, or give a folder (or --state DIR)")
+        arg = DEFAULT_STATE
+    if not str(arg).strip():  # Path("") is the current folder
+        p.error("--state '': give a folder")
+    state = Path(arg).expanduser().resolve()
+    if state.exists() and not state.is_dir():
+        p.error(f"--state {state}: not a folder")
+    return state
+
+
 def client_env(state: Path) -> dict[str, str]:
     """The variables a client of this stack needs (ray job submit, the grid driver, tests)."""
     env = {
@@ -73,9 +106,8 @@ def client_env(state: Path) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    info = state / "stack.json"
-    if info.exists():
-        s = json.loads(info.read_text())
+    s = read_info(state)
+    if s is not None:
         env["MLFLOW_TRACKING_URI"] = s["mlflow_url"]
         env["RAY_ADDRESS"] = s["dashboard_url"]
     return env
@@ -428,10 +460,9 @@ def down(state: Path) -> None:
 
 
 def healthy(state: Path) -> bool:
-    info = state / "stack.json"
-    if not info.exists():
+    s = read_info(state)
+    if s is None:
         return False
-    s = json.loads(info.read_text())
     try:
         _wait_http(s["mlflow_url"] + "/health", 3, "MLflow")
         _wait_http(s["dashboard_url"] + "/api/version", 3, "Ray")
@@ -445,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = ArgumentParser(prog="python -m infra.stack", description="Local Ray head + MLflow server on 127.0.0.1.")
     p.add_argument("action", choices=["up", "down", "status", "env"])
-    p.add_argument("--state", type=Path, default=DEFAULT_STATE, help=f"state folder (default {DEFAULT_STATE})")
+    p.add_argument("--state", default=None, help=f"state folder (default {DEFAULT_STATE})")
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument("--ray-port", type=int, default=6379)
     p.add_argument("--dashboard-port", type=int, default=8265)
@@ -459,9 +490,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be a port number 1..65535, got {getattr(a, flag)}")
     if a.num_cpus is not None and a.num_cpus < 1:
         p.error(f"--num-cpus must be >= 1, got {a.num_cpus}")
-    state = a.state.expanduser().resolve()
-    if state.exists() and not state.is_dir():
-        p.error(f"--state {state}: not a folder")
+    ports = [("--mlflow-port", a.mlflow_port), ("--ray-port", a.ray_port), ("--dashboard-port", a.dashboard_port)]
+    ports += [("--pg-port", a.pg_port)] if a.backend == "postgres" else []
+    for i, (flag, port) in enumerate(ports):
+        same = [f for f, q in ports[:i] if q == port]
+        if a.action == "up" and same:
+            p.error(f"{same[0]} and {flag} are both {port}: each server needs a port of its own")
+    state = state_folder(p, a.state)
     try:
         if a.action == "up":
             problem = folder_problem(state)
@@ -479,11 +514,12 @@ def main(argv: list[str] | None = None) -> int:
             down(state)
             print("stack down")
         elif a.action == "env":
+            if read_info(state) is None:  # exports without RAY_ADDRESS would send a grid to a local Ray
+                raise StackError(f"no stack in {state}: start it with `python -m infra.stack up --state {state}`")
             for k, v in client_env(state).items():
                 print(f"export {k}={shlex.quote(v)}")
         else:
-            info = state / "stack.json"
-            print(info.read_text() if info.exists() and healthy(state) else "stack not running")
+            print((state / "stack.json").read_text() if healthy(state) else "stack not running")
     except StackError as e:
         cli_exit(e)
     return 0

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.stack import DEFAULT_STATE, _bin, client_env, healthy
+from infra.stack import DEFAULT_STATE, StackError, _bin, client_env, healthy, state_folder
 
 
 def submission_env(state: Path, cwd: Path) -> dict[str, str]:
@@ -34,16 +34,22 @@ def main(argv: list[str] | None = None) -> int:
         cli_exit(ValueError("usage: python -m infra.submit [--state DIR] -- COMMAND ..."))
     cut = argv.index("--")
     p = ArgumentParser(prog="python -m infra.submit")
-    p.add_argument("--state", type=Path, default=DEFAULT_STATE)
-    p.add_argument("--working-dir", type=Path, default=Path("."))
+    p.add_argument("--state", default=None, help=f"state folder (default {DEFAULT_STATE})")
+    p.add_argument("--working-dir", default=".")
     a = p.parse_args(argv[:cut])
     command = argv[cut + 1:]
-    state = a.state.expanduser().resolve()
+    state = state_folder(p, a.state)
+    if not a.working_dir.strip() or not Path(a.working_dir).is_dir():
+        p.error(f"--working-dir {a.working_dir!r}: not a folder")
+    a.working_dir = Path(a.working_dir)
     if not command:
         cli_exit(ValueError("no command after --"))
-    if not healthy(state):
-        cli_exit(ValueError(f"no running stack in {state}: start it with `python -m infra.stack up --state {state}`"))
-    env = dict(os.environ, **client_env(state))
+    try:
+        if not healthy(state):
+            raise StackError(f"no running stack in {state}: start it with `python -m infra.stack up --state {state}`")
+        env = dict(os.environ, **client_env(state))
+    except StackError as e:
+        cli_exit(e)
     runtime_env = {"env_vars": submission_env(state, a.working_dir.resolve())}
     cmd = [_bin("ray"), "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", str(a.working_dir),
            "--runtime-env-json", json.dumps(runtime_env), "--"] + command

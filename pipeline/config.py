@@ -357,7 +357,7 @@ class CheckpointConfig(StrictModel):
 class TrackingConfig(StrictModel):
     enabled: bool = True
     uri: Optional[str] = None  # None: sqlite:///<work_dir>/mlflow.db (works with no server)
-    experiment: str = "attnlab"
+    experiment: str = Field("attnlab", min_length=1, max_length=500)  # an MLflow experiment name
     run_name: Optional[str] = None  # None: the ablation coordinates, e.g. "resnet20 spa@s1 k=0.25 seed0"
     run_id: Optional[str] = None  # attach to this run (a grid creates its child runs up front)
     parent_run_id: Optional[str] = None  # a grid's parent run
@@ -515,6 +515,8 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
     try:
         for text in overrides:
             k, v = parse_override(text)
+            if k in overridden:  # as a duplicate key in a YAML file: not "the last one wins"
+                raise ValueError(f"--set {k} given twice")
             lost = sorted(o for o in overridden if o.startswith(k + "."))
             if lost:  # "a.b=1 a=x": the later one would silently drop the earlier
                 raise ValueError(f"--set {k} replaces the whole of {k}, dropping --set {lost[0]} given before it; "

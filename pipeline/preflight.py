@@ -23,6 +23,37 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def ray_address_problem(address: str | None = None) -> str | None:
+    """What is wrong with ``RAY_ADDRESS`` (or ``address``), the cluster a driver joins, as one
+    line; ``None`` when it is unset or well formed.  Checked before any store or run is made:
+    Ray itself only judges it when it connects (``ray.init``), after the grid's tracking work."""
+    value = os.environ.get("RAY_ADDRESS") if address is None else address
+    if value is None:
+        return None
+    forms = "HOST:PORT, ray://HOST:PORT, http://HOST:8265 (a dashboard) or auto"
+    v = value.strip()
+    if not v:
+        return f"RAY_ADDRESS is set but empty: unset it for a local Ray, or give {forms}"
+    if v in ("auto", "local"):
+        return None
+    if "://" in v:
+        import urllib.parse
+
+        scheme = v.split("://", 1)[0]
+        if scheme not in ("ray", "http", "https"):
+            return f"RAY_ADDRESS {value!r}: unknown scheme {scheme!r}; give {forms}"
+        try:
+            parts = urllib.parse.urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as e:
+            return f"RAY_ADDRESS {value!r}: {e}; give {forms}"
+        return None if parts.hostname else f"RAY_ADDRESS {value!r}: no host; give {forms}"
+    host, sep, port = v.rpartition(":")
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"RAY_ADDRESS {value!r}: not an address; give {forms}"
+    return None
+
+
 def write_marker(storage: str) -> str | None:
     """A file the driver writes into a local storage folder: every node must see it."""
     if is_uri(storage):

@@ -54,6 +54,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # objective name -> (metric reported to Tune, direction)
 OBJECTIVES = {"top1": ("best_top1", "max"), "gmacs": ("gmacs", "min")}
 PLACEMENT = ("stages", "slot", "every")
+MAX_TRIALS = 100_000  # the spec's trials and --trials
 NONE_NAMES = ("none", "baseline", None)
 
 
@@ -125,9 +126,16 @@ class SearchSpec(StrictModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Any] = Field(min_length=1)
-    trials: int = Field(20, ge=1, le=100_000)
+    trials: int = Field(20, ge=1, le=MAX_TRIALS)
     objective: Union[str, list[str]] = "top1"
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:  # one problem, not one per member of the Union
+        if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(o, str) for o in v))):
+            raise ValueError(f"expected top1, or a list [top1, gmacs], got {v!r}")
+        return v
 
 
 @dataclass

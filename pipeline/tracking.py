@@ -50,6 +50,9 @@ def grid_tracking_uri(base: Mapping[str, Any], storage: str) -> str:
     pre-flight refuses it on a multi-node cluster)."""
     from pipeline.errors import ConfigError
 
+    if os.environ.get("MLFLOW_TRACKING_URI", "unset").strip() == "":
+        raise ConfigError("MLFLOW_TRACKING_URI is set but empty: unset it (a SQLite file under the storage "
+                          "folder) or give the tracking URI")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (base.get("tracking") or {}).get("uri")
     if uri:
         return uri
@@ -377,6 +380,76 @@ def is_server_uri(uri: str | None) -> bool:
     return bool(uri) and uri.startswith(("http://", "https://"))
 
 
+#: URI schemes MLflow has a tracking store for (a database scheme may name its driver: postgresql+psycopg2)
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def uri_problem(uri: str | None) -> str | None:
+    """What makes ``uri`` no tracking URI MLflow can use, as one line; ``None`` when its form is
+    fine.  Nothing is contacted: the scheme, a server's host and port, SQLite's three slashes,
+    a database URL's syntax and driver (SQLAlchemy loads it) are checked."""
+    if not uri or not uri.strip():
+        return "the tracking URI is empty"
+    if "://" not in uri or uri.startswith("file:"):
+        return (f"tracking URI {uri!r}: MLflow's file store is not supported (MLflow keeps it in maintenance "
+                "mode); use a server (http://HOST:5000) or a database (sqlite:///PATH, postgresql://USER@HOST/DB)")
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:
+        return (f"tracking URI {uri!r}: unknown scheme {scheme!r}; use http(s)://HOST:PORT, sqlite:///PATH or a "
+                f"database URL ({', '.join(s + '://' for s in DATABASE_SCHEMES)})")
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        return f"tracking URI {uri!r}: a SQLite URI is sqlite:///PATH (sqlite:////abs/path for an absolute path)"
+    if scheme in ("http", "https"):
+        import urllib.parse
+
+        try:
+            parts = urllib.parse.urlsplit(uri)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+        except ValueError as e:
+            return f"tracking URI {uri!r}: {e}"
+        if not parts.hostname:
+            return f"tracking URI {uri!r}: no host (http://HOST:PORT)"
+    if scheme in DATABASE_SCHEMES:
+        from sqlalchemy import create_engine
+
+        try:
+            create_engine(uri).dispose()  # parses the URL and loads its driver; connects to nothing
+        except Exception as e:  # noqa: BLE001 - ArgumentError, ValueError (a bad port), a missing driver
+            return f"tracking URI {_hide_password(uri)}: {type(e).__name__}: {_first_line(e)}"
+    return None
+
+
+def _hide_password(uri: str) -> str:
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", uri)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(getattr(e, "orig", None) or e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _database_problem(uri: str, timeout: float) -> str | None:
+    """``None`` when the database of ``uri`` accepts a connection within ``timeout`` seconds."""
+    from sqlalchemy import create_engine
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    args = {"connect_timeout": max(1, int(timeout))} if scheme in ("postgresql", "mysql") else {}
+    engine = None
+    try:
+        engine = create_engine(uri, connect_args=args)
+        with engine.connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - refused, unknown host, bad credentials, no such database
+        return f"tracking URI {_hide_password(uri)}: cannot connect: {_first_line(e)}"
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return None
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise ``ConnectionError`` (one line) unless ``uri`` answers: a server's ``/health``, or a
     local store that exists.  MLflow's client would otherwise retry for minutes."""
@@ -400,18 +473,26 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     if "://" in uri and not uri.startswith("file://"):
-        return  # another backend (databricks, postgres…): let MLflow itself judge
+        if uri.split("://", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES:
+            problem = _database_problem(uri, timeout)
+            if problem:
+                raise ConnectionError(problem)
+        return  # another backend (databricks…): let MLflow itself judge
     if not path.is_dir():
         raise ConnectionError(f"no MLflow file store at {path}")
 
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`~pipeline.errors.ConfigError` (one line) unless runs can be written to
-    ``uri``: a server that answers, a SQLite file that exists or can be created, or another
-    database URL (judged by MLflow when it connects).  MLflow's file store (a plain path or
-    ``file://``) is refused: MLflow keeps it in maintenance mode and raises on first use."""
+    ``uri``: a server that answers, a SQLite file that exists or can be created, a database that
+    accepts a connection, or another MLflow backend (databricks: judged by MLflow).  A malformed
+    URI (:func:`uri_problem`) and MLflow's file store (a plain path or ``file://``) are refused:
+    MLflow keeps the file store in maintenance mode and raises on first use."""
     from .errors import ConfigError, folder_problem
 
+    problem = uri_problem(uri)
+    if problem:
+        raise ConfigError(problem)
     if is_server_uri(uri):
         try:
             check_reachable(uri, timeout=timeout)
@@ -426,10 +507,11 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         if problem:
             raise ConfigError(f"tracking URI {uri}: cannot create the database in {db.parent}: {problem}")
         return
-    if "://" not in uri or uri.startswith("file:"):
-        raise ConfigError(f"tracking URI {uri!r}: MLflow's file store is not supported (MLflow keeps it in "
-                          "maintenance mode); use a server (http://HOST:5000) or a database (sqlite:///PATH, "
-                          "postgresql://USER@HOST/DB)")
+    if uri.split("://", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES:
+        try:
+            check_reachable(uri, timeout=timeout)
+        except ConnectionError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _experiment_id(client: MlflowClient, experiment_name_or_id: str) -> str | None:

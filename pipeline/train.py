@@ -498,6 +498,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint-dir", type=Path, default=None)
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.stop_after is not None and a.stop_after < 1:
+        p.error(f"--stop-after must be >= 1, got {a.stop_after}")
     try:
         cfg = load_trial_config(a.config, a.overrides)
         if a.resume is not None and not a.resume.is_file():
@@ -506,6 +508,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             from .tracking import check_store
 
             check_store(cfg.tracking.uri)  # before any data or model work
+        from .errors import folder_problem
+
+        # the folders the trial writes: a file in the way is one line now, not a traceback
+        # after its MLflow run was created
+        for what, folder in (("work_dir", cfg.work_dir), ("--checkpoint-dir", a.checkpoint_dir),
+                             ("checkpoint.dir", None if a.checkpoint_dir else cfg.checkpoint.dir)):
+            problem = folder_problem(Path(folder).resolve()) if folder is not None else None
+            if problem:
+                raise ConfigError(f"{what} {Path(folder).resolve()}: {problem}")
         summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after,
                       reporter=EpochPrinter(cfg.optim.epochs))
     except ConfigError as e:

@@ -248,15 +248,20 @@ def loads(text: str, source: str = "<text>", *, max_depth: int = MAX_DEPTH,
 def load_file(path: Union[str, Path], *, what: str = "config file", max_bytes: int = MAX_BYTES,
               max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> tuple[Any, Lines]:
     """Read ``path`` (YAML or JSON) within the limits above; ``what`` names it in errors."""
+    if not str(path).strip():  # Path("") is the current folder
+        raise ConfigError(f"{what}: the path is empty")
     p = Path(path)
     source = str(p)
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}" if not p.exists() else f"{what} is not a file: {p}")
-    size = p.stat().st_size
-    if size > max_bytes:
-        raise ConfigError(f"{source}: {what} is {size:,} bytes; the limit is {max_bytes:,}")
-    with p.open("rb") as f:
-        data = f.read(max_bytes + 1)  # the file may have grown since stat
+    try:  # a file this user may not read (mode 000), or whose reads fail (I/O error)
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise ConfigError(f"{source}: {what} is {size:,} bytes; the limit is {max_bytes:,}")
+        with p.open("rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read the {what}: {e.strerror or type(e).__name__}") from None
     if len(data) > max_bytes:
         raise ConfigError(f"{source}: {what} is over {max_bytes:,} bytes")
     return loads(_decode(data, source), source, max_depth=max_depth, max_nodes=max_nodes)

@@ -267,3 +267,197 @@ def test_search_bad_study_storage_is_one_line_and_creates_no_run(url, needle, tm
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not list((tmp_path / "runs").glob("**/mlflow.db"))  # no tracking store touched before the study check
+
+
+# --- entry points other than the spec file: every class refused in one line, before any work ---
+
+def _main_exit(main, argv) -> tuple[int, str]:
+    """``main(argv)`` in this process: its exit code and stderr (any other exception fails the test)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, err.getvalue()
+
+
+def _one_line(err: str) -> str:
+    """The error line of a one-line error (argparse's is followed by its '(run ... --help)' pointer)."""
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("(run ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["grid", "search", "train"])
+@pytest.mark.parametrize("path,needle", [("/proc/self/mem", "cannot read the"), ("", "the path is empty")])
+def test_unreadable_or_empty_config_path_is_one_line(command, path, needle):
+    """A file whose reads fail (mode 000 for another user; /proc/self/mem even for root) or an
+    empty path (Path('') is the current folder): one line, not an OSError traceback."""
+    from experiments.search import main as search_main
+    from pipeline.train import main as train_main
+
+    main, argv = {"grid": (grid_main, ["--spec", path, "--dry-run"]),
+                  "search": (search_main, ["--spec", path, "--check"]),
+                  "train": (train_main, ["--config", path])}[command]
+    rc, err = _main_exit(main, argv)
+    assert rc == 2 and needle in _one_line(err), err
+
+
+@pytest.mark.parametrize("command", ["report", "claims"])
+@pytest.mark.parametrize("uri,needle", [
+    ("bogus://x", "unknown scheme 'bogus'"),
+    ("sqlite://rel.db", "a SQLite URI is sqlite:///PATH"),
+    ("http://", "no host"),
+    ("http://127.0.0.1:99999", "Port out of range"),
+    ("mysql://::::", "ValueError"),
+    ("postgresql+psycopg2://u:secret@127.0.0.1:9/db", "cannot connect"),
+])
+def test_malformed_tracking_uri_is_one_line(command, uri, needle, tmp_path):
+    """What MLflow only judges on first use (a traceback from its store registry or SQLAlchemy)
+    is one line before any store, run or folder is made; a password is not printed."""
+    from experiments.claims.__main__ import main as claims_main
+    from experiments.report import main as report_main
+
+    main, argv = {"report": (report_main, ["--grid", "g", "--tracking-uri", uri, "--out", str(tmp_path / "o")]),
+                  "claims": (claims_main, ["sync", "--tracking-uri", uri])}[command]
+    rc, err = _main_exit(main, argv)
+    line = _one_line(err)
+    assert rc == 2 and needle in line and "secret" not in line, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+@pytest.mark.parametrize("var,value,needle", [
+    ("RAY_ADDRESS", "garbage", "RAY_ADDRESS 'garbage': not an address"),
+    ("RAY_ADDRESS", "", "RAY_ADDRESS is set but empty"),
+    ("RAY_ADDRESS", "127.0.0.1:99999", "not an address"),
+    ("RAY_ADDRESS", "tcp://h:1", "unknown scheme 'tcp'"),
+    ("MLFLOW_TRACKING_URI", "", "MLFLOW_TRACKING_URI is set but empty"),
+    ("MLFLOW_TRACKING_URI", "sqlite://rel.db", "a SQLite URI is sqlite:///PATH"),
+])
+def test_bad_environment_is_one_line_before_any_cluster_work(command, var, value, needle, tmp_path):
+    """RAY_ADDRESS and MLFLOW_TRACKING_URI as the drivers read them: judged before a tracking
+    store, a study or a Ray is made (Ray judged the address only in ray.init, after the grid's
+    MLflow database existed; an empty one silently meant a local Ray)."""
+    spec = ROOT / "experiments" / "specs" / ("smoke.yaml" if command == "grid" else "search/digits.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"HOME": str(tmp_path / "home"), var: value})
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec),
+                        "--storage", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2 and needle in _one_line(r.stderr), r.stdout[-1000:] + r.stderr[-2000:]
+    assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no mlflow.db, no study.db
+
+
+@pytest.mark.parametrize("command,argv,needle", [
+    ("grid", ["--json"], "--json applies to --dry-run only"),
+    ("grid", ["--dry-run", "--grace-period", "3"], "--grace-period applies to --scheduler asha only"),
+    ("grid", ["--storage", ""], "--storage ''"),
+    ("search", ["--check", "--scheduler", "none", "--grace-period", "2"], "--grace-period applies to"),
+    ("search", ["--storage", " "], "--storage ''"),
+    ("search", ["--check", "--trials", "1000000000000"], "--trials must be 1..100,000"),
+])
+def test_ignored_or_conflicting_flags_are_refused(command, argv, needle, tmp_path):
+    """A flag that would be silently ignored (--json on a real run ran the whole grid), an empty
+    --storage (silently the default) or a count beyond the spec's own limit."""
+    from experiments.search import main as search_main
+
+    main = grid_main if command == "grid" else search_main
+    spec = "x.yaml" if command == "grid" else str(ROOT / "experiments" / "specs" / "search" / "digits.yaml")
+    rc, err = _main_exit(main, ["--spec", spec, *argv])
+    assert rc == 2 and needle in _one_line(err), err
+
+
+@pytest.mark.parametrize("case", ["work-dir-is-a-file", "work-dir-under-a-file", "checkpoint-dir-is-a-file",
+                                  "checkpoint-flag-is-a-file", "stop-after-negative", "set-twice",
+                                  "experiment-empty"])
+def test_train_refuses_bad_input_before_its_run_is_made(case, tmp_path):
+    """pipeline.train: a folder it writes that is a file (a traceback after its MLflow run was
+    created), a negative --stop-after (ran zero epochs and exited 0), a key set twice (the last
+    silently won), an empty experiment name (MLflow's traceback)."""
+    from pipeline.train import main as train_main
+
+    (tmp_path / "afile").write_text("keep me")
+    work = ["--set", f"work_dir={tmp_path / 'work'}"]
+    argv, needle = {
+        "work-dir-is-a-file": (["--set", f"work_dir={tmp_path / 'afile'}"], "work_dir"),
+        "work-dir-under-a-file": (["--set", f"work_dir={tmp_path / 'afile' / 'w'}"], "is a file, not a folder"),
+        "checkpoint-dir-is-a-file": (work + ["--set", f"checkpoint.dir={tmp_path / 'afile'}"], "checkpoint.dir"),
+        "checkpoint-flag-is-a-file": (work + ["--checkpoint-dir", str(tmp_path / "afile")], "--checkpoint-dir"),
+        "stop-after-negative": (work + ["--stop-after", "-1"], "--stop-after must be >= 1"),
+        "set-twice": (work + ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr given twice"),
+        "experiment-empty": (work + ["--set", "tracking.experiment=''"], "tracking.experiment"),
+    }[case]
+    rc, err = _main_exit(train_main, argv)
+    assert rc == 2 and needle in _one_line(err), err
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert not list(tmp_path.glob("**/mlflow.db"))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--grid", "../../escape"], "--grid '../../escape'"),
+    (["--grid", ""], "--grid ''"),
+    (["--grid", "g", "--out", ""], "--out ''"),
+])
+def test_report_names_that_are_paths_are_refused(argv, needle, tmp_path):
+    """--grid names the default output folder (../../x wrote outside it); an empty --out was the
+    current folder."""
+    from experiments.report import main as report_main
+
+    rc, err = _main_exit(report_main, [*argv, "--tracking-uri", "sqlite:///" + str(tmp_path / "m.db")])
+    assert rc == 2 and needle in _one_line(err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["state-empty", "env-var-empty", "same-ports", "status-damaged", "env-damaged",
+                                  "up-damaged", "env-without-stack", "submit-damaged", "submit-working-dir"])
+def test_stack_and_submit_bad_input_is_one_line(case, tmp_path, monkeypatch):
+    """infra.stack / infra.submit: an empty --state or $ATTNLAB_STATE (the current folder), two
+    servers on one port (MLflow was started, then the Ray head refused), a damaged stack.json
+    (a JSON traceback), `env` where no stack runs (exports without RAY_ADDRESS)."""
+    import socket
+
+    from infra.stack import main as stack_main
+    from infra.submit import main as submit_main
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "stack.json").write_text("{nope")
+    monkeypatch.delenv("ATTNLAB_STATE", raising=False)
+    with socket.socket() as s:  # a port in use: the old code's refusal of it is another message
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = str(s.getsockname()[1])
+        main, argv, needle = {
+            "state-empty": (stack_main, ["status", "--state", ""], "--state ''"),
+            "env-var-empty": (stack_main, ["status"], "ATTNLAB_STATE is set but empty"),
+            "same-ports": (stack_main, ["up", "--state", str(tmp_path / "st"), "--mlflow-port", busy, "--ray-port", busy],
+                           "each server needs a port of its own"),
+            "status-damaged": (stack_main, ["status", "--state", str(damaged)], "stack.json is damaged"),
+            "env-damaged": (stack_main, ["env", "--state", str(damaged)], "stack.json is damaged"),
+            "up-damaged": (stack_main, ["up", "--state", str(damaged), "--mlflow-port", busy], "stack.json is damaged"),
+            "env-without-stack": (stack_main, ["env", "--state", str(tmp_path / "none")], "no stack in"),
+            "submit-damaged": (submit_main, ["--state", str(damaged), "--", "true"], "stack.json is damaged"),
+            "submit-working-dir": (submit_main, ["--state", str(damaged), "--working-dir", str(tmp_path / "nowhere"),
+                                                 "--", "true"], "--working-dir"),
+        }[case]
+        if case == "env-var-empty":
+            monkeypatch.setenv("ATTNLAB_STATE", "")
+        rc, err = _main_exit(main, argv)
+    assert rc == 2 and needle in _one_line(err), err
+    assert not (tmp_path / "st").exists() and not (tmp_path / "none").exists()
+    assert (damaged / "stack.json").read_text() == "{nope"
+
+
+@pytest.mark.parametrize("value", ["3", "{top1: true}", "[1, 2]", "null"])
+def test_search_objective_of_the_wrong_type_is_one_line(value, tmp_path):
+    """``objective`` is a str or a list: a value of neither type was two lines (one per member
+    of the Union) for one problem."""
+    from experiments.search import main as search_main
+
+    p = tmp_path / "search.yaml"
+    p.write_text(f"name: s\nbase: {{optim: {{epochs: 2}}}}\nobjective: {value}\n"
+                 "space:\n  optim.lr: {low: 0.01, high: 0.1}\n")
+    rc, err = _main_exit(search_main, ["--spec", str(p), "--check"])
+    assert rc == 2 and f"{p}:3: objective: expected top1" in _one_line(err), err

@@ -67,6 +67,15 @@ def test_json_carries_forms(capsys):
     (["--backbone", "resnet50", "--input", "0"], "--input must be 1..2048 px"),
     (["--backbone", "resnet50", "--num-classes", "0"], "--num-classes must be >= 1"),
     (["--backbone", "resnet50", "--attention", "nonlocal", "--every", "0"], "--every must be >= 1"),
+    # a --param that names a placement key silently replaced the block or its stages
+    (["--backbone", "cifar_resnet20", "--attention", "se", "--param", "kind=spa"], "--param kind: give it as --attention"),
+    (["--backbone", "cifar_resnet20", "--attention", "se", "--param", "stages=1"], "--param stages: give it as --stages"),
+    (["--backbone", "cifar_resnet20", "--attention", "nonlocal", "--param", "slot=gate"], "--param slot"),
+    # the same parameter twice: the last one silently won
+    (["--backbone", "cifar_resnet20", "--attention", "spa", "--param", "topk_ratio=0.1", "--param", "topk_ratio=0.5"],
+     "--param topk_ratio given twice"),
+    # 100M classes: a 25 GB classifier, then an allocation traceback
+    (["--backbone", "cifar_resnet20", "--num-classes", "100000000"], "at most 100,000"),
 ])
 def test_cost_cli_bad_input_is_one_line(argv, needle):
     import subprocess

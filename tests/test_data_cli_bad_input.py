@@ -114,6 +114,9 @@ CASES = {
     "info on nothing": (lambda t: ["info", str(t / "nowhere")], "nowhere"),
     "info on a file": (lambda t: ["info", str(_file(t))], "plain.txt"),
     "list with an argument": (lambda t: ["list", "extra"], "extra"),
+    # empty paths (Path("") is the current folder; both ended in a TypeError traceback)
+    "out empty": (lambda t: W + ["digits", "--out", ""], "--out"),
+    "info on an empty path": (lambda t: ["info", ""], "empty"),
 }
 
 
@@ -149,3 +152,24 @@ def test_a_good_invocation_still_works(tmp_path, capsys):
                 "--format", "jpeg", "--quiet", "--workers", "1"]) == 0
     assert "wrote" in capsys.readouterr().out
 
+
+
+@pytest.mark.parametrize("ray_address,extra,needle", [
+    (None, ["--max-res", "0"], "--max-res"),
+    (None, ["--train-count", "5"], "--train-count"),
+    (None, [], "set RAY_ADDRESS"),
+    ("garbage", [], "RAY_ADDRESS 'garbage'"),
+    ("", [], "RAY_ADDRESS is set but empty"),
+])
+def test_on_cluster_checks_its_flags_and_address_before_ray(tmp_path, ray_address, extra, needle):
+    """``--on-cluster`` joined Ray (without RAY_ADDRESS: started a local one) before a single
+    flag was checked, and the remote task's error came back prefixed by Ray's log lines."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
+    r = subprocess.run([sys.executable, "-m", "pipeline.data", "write", "digits", "--out", str(tmp_path / "o"),
+                        "--on-cluster", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o").exists()

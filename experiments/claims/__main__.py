@@ -31,6 +31,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
             s.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT!r})")
     a = p.parse_args(argv)
+    if a.cmd == "sync" and not 0 < len(a.experiment.strip()) <= 500:
+        p.error(f"--experiment {a.experiment[:40]!r}: an MLflow experiment name is 1..500 characters")
     try:
         claims, _ = load_claims(a.files or None)
         if a.cmd == "validate":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -70,24 +71,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write(args) -> int:
+def _write_config(args):
+    """The flags of ``write`` as a :class:`DataConfig` (a bad value: ConfigError naming its flag);
+    nothing on disk is looked at."""
     from pipeline.config import DataConfig
     from pipeline.errors import ConfigError
-
-    from . import get_dataset, load_source
-    from .plan import default_workers
-    from .write import resolve_policy, write_betons
 
     synth = {k: getattr(args, k) for k in ("num_classes", "image_size", "train_count",
                                              "val_count", "seed") if getattr(args, k) is not None}
     if synth and args.dataset != "synthetic":
         raise ConfigError(f"--{next(iter(synth)).replace('_', '-')}: only for the synthetic dataset")
+    if not args.out.strip():
+        raise ConfigError("--out: the path is empty")
     kw = dict(dataset=args.dataset, root=args.root, beton_dir=args.out, max_res=args.max_res,
               jpeg_quality=args.jpeg_quality, compress_prob=args.compress_prob,
               write_mode=args.write_mode, workers=args.workers)
     if synth:
         kw["synthetic"] = synth
-    cfg = _data_config(DataConfig, kw)
+    return _data_config(DataConfig, kw)
+
+
+def _write(args) -> int:
+    from . import get_dataset, load_source
+    from .plan import default_workers
+    from .write import resolve_policy, write_betons
+
+    cfg = _write_config(args)
     entry = get_dataset(cfg.dataset)
     source = load_source(cfg)
     workers = cfg.workers or default_workers()
@@ -131,6 +140,8 @@ def _info(args) -> int:
     from . import store
 
     folder = abs_path(args.dir)
+    if folder is None:
+        raise ConfigError("info: the path is empty")
     try:
         m = store.read_manifest(folder)
     except ConfigError as e:
@@ -175,6 +186,17 @@ def main(argv=None) -> int:
 
         raw = list(sys.argv[1:] if argv is None else argv)
         here = [a for a in raw if a != "--on-cluster"]
+        try:  # the flags here, before Ray is joined (the node checks the paths)
+            from pipeline.preflight import ray_address_problem
+
+            _write_config(args)
+            if "RAY_ADDRESS" not in os.environ:
+                raise ValueError("--on-cluster: set RAY_ADDRESS to the cluster (without it this machine "
+                                 "would start a Ray of its own)")
+            if problem := ray_address_problem():
+                raise ValueError(problem)
+        except ValueError as e:
+            cli_exit(e)
         try:  # paths as the user typed them are relative to this machine's working directory
             for i, item in enumerate(here):
                 for flag in ("--root", "--out"):
