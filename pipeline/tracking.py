@@ -385,6 +385,11 @@ TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 
 
+def _scheme(uri: str) -> str:
+    """The URI's scheme without a driver: ``postgresql+psycopg2://…`` -> ``postgresql``."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower()
+
+
 def uri_problem(uri: str | None) -> str | None:
     """What makes ``uri`` no tracking URI MLflow can use, as one line; ``None`` when its form is
     fine.  Nothing is contacted: the scheme, a server's host and port, SQLite's three slashes,
@@ -394,7 +399,7 @@ def uri_problem(uri: str | None) -> str | None:
     if "://" not in uri or uri.startswith("file:"):
         return (f"tracking URI {uri!r}: MLflow's file store is not supported (MLflow keeps it in maintenance "
                 "mode); use a server (http://HOST:5000) or a database (sqlite:///PATH, postgresql://USER@HOST/DB)")
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    scheme = _scheme(uri)
     if scheme not in TRACKING_SCHEMES:
         return (f"tracking URI {uri!r}: unknown scheme {scheme!r}; use http(s)://HOST:PORT, sqlite:///PATH or a "
                 f"database URL ({', '.join(s + '://' for s in DATABASE_SCHEMES)})")
@@ -435,7 +440,7 @@ def _database_problem(uri: str, timeout: float) -> str | None:
     """``None`` when the database of ``uri`` accepts a connection within ``timeout`` seconds."""
     from sqlalchemy import create_engine
 
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    scheme = _scheme(uri)
     args = {"connect_timeout": max(1, int(timeout))} if scheme in ("postgresql", "mysql") else {}
     engine = None
     try:
@@ -473,7 +478,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     if "://" in uri and not uri.startswith("file://"):
-        if uri.split("://", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES:
+        if _scheme(uri) in DATABASE_SCHEMES:
             problem = _database_problem(uri, timeout)
             if problem:
                 raise ConnectionError(problem)
@@ -507,7 +512,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         if problem:
             raise ConfigError(f"tracking URI {uri}: cannot create the database in {db.parent}: {problem}")
         return
-    if uri.split("://", 1)[0].split("+", 1)[0].lower() in DATABASE_SCHEMES:
+    if _scheme(uri) in DATABASE_SCHEMES:
         try:
             check_reachable(uri, timeout=timeout)
         except ConnectionError as e:
