@@ -396,9 +396,12 @@ def uri_problem(uri: str | None) -> str | None:
     a database URL's syntax and driver (SQLAlchemy loads it) are checked."""
     if not uri or not uri.strip():
         return "the tracking URI is empty"
+    if uri in ("databricks", "databricks-uc", "uc"):  # MLflow's bare forms (the default profile)
+        return None
     if "://" not in uri or uri.startswith("file:"):
         return (f"tracking URI {uri!r}: MLflow's file store is not supported (MLflow keeps it in maintenance "
-                "mode); use a server (http://HOST:5000) or a database (sqlite:///PATH, postgresql://USER@HOST/DB)")
+                "mode); use a server (http://HOST:5000) or a database (sqlite:///PATH, "
+                "postgresql+psycopg2://USER@HOST/DB)")
     scheme = _scheme(uri)
     if scheme not in TRACKING_SCHEMES:
         return (f"tracking URI {uri!r}: unknown scheme {scheme!r}; use http(s)://HOST:PORT, sqlite:///PATH or a "
@@ -421,7 +424,10 @@ def uri_problem(uri: str | None) -> str | None:
         try:
             create_engine(uri).dispose()  # parses the URL and loads its driver; connects to nothing
         except Exception as e:  # noqa: BLE001 - ArgumentError, ValueError (a bad port), a missing driver
-            return f"tracking URI {_hide_password(uri)}: {type(e).__name__}: {_first_line(e)}"
+            hint = (f"; install it, or name an installed driver ({scheme}+DRIVER://…"
+                    + (", e.g. postgresql+psycopg2://…)" if scheme == "postgresql" else ")")
+                    if isinstance(e, ModuleNotFoundError) else "")
+            return f"tracking URI {_hide_password(uri)}: {type(e).__name__}: {_first_line(e)}{hint}"
     return None
 
 
@@ -436,12 +442,21 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+#: the connect-timeout keyword of each database driver (``scheme+`` is the scheme's default driver)
+_TIMEOUT_ARG = {"postgresql+": "connect_timeout", "postgresql+psycopg2": "connect_timeout",
+                "postgresql+psycopg": "connect_timeout", "postgresql+pg8000": "timeout",
+                "mysql+": "connect_timeout", "mysql+mysqldb": "connect_timeout", "mysql+pymysql": "connect_timeout",
+                "mysql+mysqlconnector": "connection_timeout"}
+
+
 def _database_problem(uri: str, timeout: float) -> str | None:
     """``None`` when the database of ``uri`` accepts a connection within ``timeout`` seconds."""
     from sqlalchemy import create_engine
 
-    scheme = _scheme(uri)
-    args = {"connect_timeout": max(1, int(timeout))} if scheme in ("postgresql", "mysql") else {}
+    # each driver names its connect timeout differently (an unknown keyword is a TypeError)
+    driver = uri.split("://", 1)[0].lower()
+    key = _TIMEOUT_ARG.get(driver if "+" in driver else driver + "+")
+    args = {key: max(1, int(timeout))} if key else {}
     engine = None
     try:
         engine = create_engine(uri, connect_args=args)

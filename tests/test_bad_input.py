@@ -461,3 +461,16 @@ def test_search_objective_of_the_wrong_type_is_one_line(value, tmp_path):
                  "space:\n  optim.lr: {low: 0.01, high: 0.1}\n")
     rc, err = _main_exit(search_main, ["--spec", str(p), "--check"])
     assert rc == 2 and f"{p}:3: objective: expected top1" in _one_line(err), err
+
+
+def test_tracking_uri_with_a_driver_not_installed_names_the_way_out():
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project installs psycopg2."""
+    import importlib.util
+
+    from pipeline.tracking import uri_problem
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed here: a bare postgresql:// is usable")
+    line = uri_problem("postgresql://u:secret@127.0.0.1:9/db")
+    assert "No module named 'psycopg'" in line and "postgresql+psycopg2://" in line and "secret" not in line
+    assert uri_problem("databricks") is None and uri_problem("sqlite:////tmp/x.db") is None
