@@ -82,7 +82,8 @@ def test_train_throughput_full_size_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     r = _run_module("train_throughput", "--size", "full")
-    assert r.returncode == 2 and "CUDA" in r.stderr.splitlines()[-1]
+    lines = r.stderr.strip().splitlines()  # the error, then the --help pointer
+    assert r.returncode == 2 and len(lines) == 2 and "CUDA" in lines[0], r.stderr
 
 
 @pytest.mark.slow
