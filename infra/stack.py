@@ -490,12 +490,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be a port number 1..65535, got {getattr(a, flag)}")
     if a.num_cpus is not None and a.num_cpus < 1:
         p.error(f"--num-cpus must be >= 1, got {a.num_cpus}")
-    ports = [("--mlflow-port", a.mlflow_port), ("--ray-port", a.ray_port), ("--dashboard-port", a.dashboard_port)]
-    ports += [("--pg-port", a.pg_port)] if a.backend == "postgres" else []
-    for i, (flag, port) in enumerate(ports):
-        same = [f for f, q in ports[:i] if q == port]
-        if a.action == "up" and same:
-            p.error(f"{same[0]} and {flag} are both {port}: each server needs a port of its own")
+    if a.action == "up":
+        ports = [("--mlflow-port", a.mlflow_port), ("--ray-port", a.ray_port), ("--dashboard-port", a.dashboard_port)]
+        ports += [("--pg-port", a.pg_port)] if a.backend == "postgres" else []
+        for i, (flag, port) in enumerate(ports):
+            same = [f for f, q in ports[:i] if q == port]
+            if same:
+                p.error(f"{same[0]} and {flag} are both {port}: each server needs a port of its own")
     state = state_folder(p, a.state)
     try:
         if a.action == "up":

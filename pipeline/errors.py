@@ -8,7 +8,8 @@
 * :func:`int_range`, :func:`float_range`, :func:`int_list` — argparse ``type`` checks: a value out
   of range is the parser's one-line usage error, before any work.
 * :func:`folder_problem` — what stops a folder the user named from being used (made if missing);
-  :func:`file_problem` — the same for a file a command will write.
+  :func:`file_problem` — the same for a file a command will write; :func:`url_problem` — what
+  is wrong with a URL's host and port.
 """
 from __future__ import annotations
 
@@ -174,3 +175,15 @@ def file_problem(path: Path) -> Optional[str]:
         return "not writable"
     return None
 
+
+def url_problem(url: str) -> Optional[str]:
+    """What is wrong with the host and port of ``url`` (``scheme://HOST[:PORT]…``), as the tail of
+    a one-line error; ``None`` when both are well formed.  Nothing is contacted."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as e:
+        return str(e)
+    return None if parts.hostname else "no host"

@@ -37,17 +37,13 @@ def ray_address_problem(address: str | None = None) -> str | None:
     if v in ("auto", "local"):
         return None
     if "://" in v:
-        import urllib.parse
+        from .errors import url_problem
 
         scheme = v.split("://", 1)[0]
         if scheme not in ("ray", "http", "https"):
             return f"RAY_ADDRESS {value!r}: unknown scheme {scheme!r}; give {forms}"
-        try:
-            parts = urllib.parse.urlsplit(v)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError as e:
-            return f"RAY_ADDRESS {value!r}: {e}; give {forms}"
-        return None if parts.hostname else f"RAY_ADDRESS {value!r}: no host; give {forms}"
+        problem = url_problem(v)
+        return f"RAY_ADDRESS {value!r}: {problem}; give {forms}" if problem else None
     host, sep, port = v.rpartition(":")
     if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
         return f"RAY_ADDRESS {value!r}: not an address; give {forms}"

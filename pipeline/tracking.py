@@ -409,15 +409,11 @@ def uri_problem(uri: str | None) -> str | None:
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         return f"tracking URI {uri!r}: a SQLite URI is sqlite:///PATH (sqlite:////abs/path for an absolute path)"
     if scheme in ("http", "https"):
-        import urllib.parse
+        from .errors import url_problem
 
-        try:
-            parts = urllib.parse.urlsplit(uri)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
-        except ValueError as e:
-            return f"tracking URI {uri!r}: {e}"
-        if not parts.hostname:
-            return f"tracking URI {uri!r}: no host (http://HOST:PORT)"
+        problem = url_problem(uri)
+        if problem:
+            return f"tracking URI {uri!r}: {problem}" + (" (http://HOST:PORT)" if problem == "no host" else "")
     if scheme in DATABASE_SCHEMES:
         from sqlalchemy import create_engine
 
