@@ -44,7 +44,7 @@ import torch
 import blocks
 from benchmarks.block_speed import peak_bytes, step
 from blocks.cost import count_macs, count_params
-from pipeline.errors import ArgumentParser, file_problem, int_range
+from pipeline.errors import ArgumentParser, int_range, path_flag_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cost-table:begin -->", "<!-- cost-table:end -->"
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timing", action="store_true", help="params and GMACs only")
     a = ap.parse_args(argv)
     out = Path(a.out).expanduser().resolve()
-    problem = file_problem(out) if a.out.strip() else "give a file"
+    problem = path_flag_problem(a.out)
     if problem is None and out.exists():  # the table goes into it: it must read as text, now
         try:
             out.read_text()

@@ -284,7 +284,7 @@ def free_port() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from pipeline.errors import ArgumentParser, file_problem, int_range
+    from pipeline.errors import ArgumentParser, int_range, path_flag_problem
 
     p = ArgumentParser(prog="python -m benchmarks.grid_overhead", description=__doc__.split("\n")[0])
     p.add_argument("--ratios", type=int_range(1, 100_000), default=1000,
@@ -300,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--startup-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.profile_out is not None:
-        problem = file_problem(Path(a.profile_out).resolve()) if a.profile_out.strip() else "give a file"
+        problem = path_flag_problem(a.profile_out)
         if problem:
             p.error(f"--profile-out {a.profile_out!r}: {problem}")
     if a.startup_child is not None:

@@ -148,7 +148,7 @@ def epoch(loader) -> tuple[int, float, float]:
 
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
-    from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range
+    from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range, path_flag_problem
 
     p = ArgumentParser(prog="python -m benchmarks.loaders", description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int_range(1, 10_000_000), default=3000)
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         p.error(f"--only {args.only!r}: unknown loader(s) {', '.join(unknown)}; valid: {', '.join(LOADERS)}")
     for flag, value, check in (("--data", args.data, folder_problem), ("--json", args.json, file_problem)):
         if value is not None:
-            problem = check(Path(value).resolve()) if value.strip() else "give a path"
+            problem = path_flag_problem(value, check)
             if problem:
                 p.error(f"{flag} {value!r}: {problem}")
 

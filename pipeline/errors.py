@@ -8,8 +8,9 @@
 * :func:`int_range`, :func:`float_range`, :func:`int_list` — argparse ``type`` checks: a value out
   of range is the parser's one-line usage error, before any work.
 * :func:`folder_problem` — what stops a folder the user named from being used (made if missing);
-  :func:`file_problem` — the same for a file a command will write; :func:`url_problem` — what
-  is wrong with a URL's host and port.
+  :func:`file_problem` — the same for a file a command will write; :func:`path_flag_problem` —
+  either check on a path flag as typed (an empty one is the current folder: refused);
+  :func:`url_problem` — what is wrong with a URL's host and port.
 """
 from __future__ import annotations
 
@@ -175,6 +176,14 @@ def file_problem(path: Path) -> Optional[str]:
         return "not writable"
     return None
 
+
+
+def path_flag_problem(value: str, check: Callable[[Path], Optional[str]] = file_problem) -> Optional[str]:
+    """``check`` (:func:`file_problem` or :func:`folder_problem`) on a path flag's value as typed,
+    made absolute; an empty value, which would be the current folder, is a problem of its own."""
+    if not value.strip():
+        return "the path is empty"
+    return check(Path(value).expanduser().resolve())
 
 def url_problem(url: str) -> Optional[str]:
     """What is wrong with the host and port of ``url`` (``scheme://HOST[:PORT]…``), as the tail of
