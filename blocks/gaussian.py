@@ -232,30 +232,43 @@ class GaussianAttention(MapsMixin, nn.Module):
         """Same function as :meth:`forward_reference`, through :class:`_SeparableBlock`."""
         n, c, h, w = x.shape
         bn = self.bn
-        kh, kw = self._kernels(h, w, x.dtype, n)
-        self._keep("sigma", self.sigma)
+        if self._capture:
+            self._kernels(h, w, x.dtype, n)
+            self._keep("sigma", self.sigma)
         w_v = self.value.weight.flatten(1)  # (C', C)
         w_out = self.out.weight.flatten(1)  # (C, C')
         if isinstance(bn, nn.Identity):
-            z, _, _ = _SeparableBlock.apply(x.flatten(2), w_v, kh, kw, w_out, None, None, None, None, 0.0, h)
+            z = _SeparableBlock.apply(x.flatten(2), w_v, self.log_sigma, w_out, None, None, None, None, None,
+                                      0.0, h, self.threshold)
             return z.view(n, c, h, w)
         batch_stats = bn.training or bn.running_mean is None
         if batch_stats and n * h * w <= 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
-        running = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
-        z, mean, var = _SeparableBlock.apply(
-            x.flatten(2), w_v, kh, kw, w_out, bn.weight, bn.bias, *running, bn.eps, h
-        )
+        momentum = None  # running statistics normalise (eval) or, with batch statistics, stay as they are
         if bn.training and bn.track_running_stats:  # as nn.BatchNorm2d
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-                f = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                m = n * h * w
-                bn.running_mean.mul_(1.0 - f).add_(mean, alpha=f)
-                bn.running_var.mul_(1.0 - f).add_(var * (m / (m - 1)), alpha=f)
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        z = _SeparableBlock.apply(x.flatten(2), w_v, self.log_sigma, w_out, bn.weight, bn.bias,
+                                  bn.running_mean, bn.running_var, momentum if batch_stats else None,
+                                  bn.eps, h, self.threshold)
         return z.view(n, c, h, w)
+
+
+def _log_sigma_grad(k: torch.Tensor, g_k: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """dL/d log σ of a kernel K = softmax(−D²/2σ²) (:func:`gaussian_kernel_1d`) from dL/dK.
+
+    The softmax backward on the kept support (truncated entries are 0 in K, so get 0),
+    gℓ = K ⊙ (g − Σ_j K g), times ∂ℓ/∂log σ = D²/σ² for the logits ℓ = −D²/2σ²:
+    (n, n), (n, n), 0-d -> 0-d.
+    """
+    n = k.shape[0]
+    pos = torch.arange(n, device=k.device, dtype=k.dtype)
+    d2 = (pos[:, None] - pos[None, :]).square()  # (n, n)   Δ²
+    g_logits = g_k * k
+    g_logits.addcmul_(k, g_logits.sum(1, keepdim=True), value=-1.0)  # (n, n)
+    return (g_logits * d2).sum() / sigma.square()
 
 
 #: On a CPU, GEMMs over width-C tensors run on chunks of the batch of about this many bytes, so
@@ -271,20 +284,28 @@ def _batch_chunks(t: torch.Tensor) -> list[slice]:
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
-def _aggregate_y_into(ya: torch.Tensor, kh: torch.Tensor, t: torch.Tensor) -> None:
-    """y = Kh T written into the first C' channels of ya: (N, C'+1, L) <- (H, H) · (N·C', H, W).
+def _aggregate_y_into(ya: torch.Tensor, kh: torch.Tensor, t: torch.Tensor, shift: torch.Tensor | None = None) -> None:
+    """y − k = Kh T − k written into the first C' channels of ya (k = ``shift`` per channel, or 0):
+    (N, C'+1, L) <- (H, H) · (N·C', H, W), (C',).
 
-    On a CPU straight into ya, a sample at a time (no copy); elsewhere one batched GEMM (one
-    launch) and a copy.
+    On a CPU straight into ya, a sample at a time (no copy, the shift as the GEMM's initial
+    value); elsewhere one batched GEMM (one launch) and a copy.
     """
     n, cp1, l = ya.shape
     b, h, w = t.shape
     cp = cp1 - 1
     if t.device.type == "cpu":
+        khe = kh.expand(cp, h, h)
+        base = None if shift is None else shift.neg().view(cp, 1, 1).expand(cp, h, w)
         for i in range(n):
-            torch.bmm(kh.expand(cp, h, h), t[i * cp:(i + 1) * cp], out=ya[i, :cp].view(cp, h, w))
+            out = ya[i, :cp].view(cp, h, w)
+            if base is None:
+                torch.bmm(khe, t[i * cp:(i + 1) * cp], out=out)
+            else:
+                torch.baddbmm(base, khe, t[i * cp:(i + 1) * cp], out=out)
     else:
-        ya[:, :cp] = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
+        y = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
+        ya[:, :cp] = y if shift is None else y - shift.view(1, cp, 1)
 
 
 def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -316,8 +337,15 @@ def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None 
 class _SeparableBlock(torch.autograd.Function):
     """z = x + BN(W_out · Kh V Kwᵀ),  V = W_v x  — the whole block in one forward and one backward.
 
-    Inputs: x (N, C, L) with L = H·W row-major; W_v (C', C); Kh (H, H); Kw (W, W); W_out (C, C');
-    γ, β (C) or None (no BN); running mean and variance (C) or None (batch statistics); ε; H.
+    Inputs: x (N, C, L) with L = H·W row-major; W_v (C', C); log σ (0-d); W_out (C, C');
+    γ, β (C) or None (no BN); running mean and variance (C) or None; ``momentum``: None to
+    normalise with the running statistics (when given), else batch statistics, which also
+    update the running ones in place with this factor (as ``nn.BatchNorm2d``); ε; H; the
+    kernels' truncation threshold τ.
+
+    The kernels Kh, Kw (:func:`gaussian_kernel_1d`, one kernel for a square map) are built here,
+    outside autograd, and d log σ comes from their gradients in closed form
+    (:func:`_log_sigma_grad`), log σ clamped to ±``LOG_SIGMA_LIMIT`` as ``GaussianAttention.sigma``.
 
     BN folded into the output projection.  u = W_out y is linear in y, so its batch statistics
     follow from y's (C' channels instead of C): μ = W_out m and σ²_c = (W_out S W_outᵀ)_cc with
@@ -329,38 +357,46 @@ class _SeparableBlock(torch.autograd.Function):
     statistics included, derived in the comments below): dL/dW' and dL/db' come out of one
     GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz.  Saved for
     backward: V, T = V Kwᵀ and [y − k; 1] (width C' or C'+1 each), not the width-C tensors.
-    Returns z and (not differentiable) μ, σ² for the running statistics.
     """
 
     @staticmethod
-    def forward(ctx, x, w_v, kh, kw, w_out, gamma, beta, run_mean, run_var, eps: float, h: int):
+    def forward(ctx, x, w_v, log_sigma, w_out, gamma, beta, run_mean, run_var, momentum, eps: float, h: int,
+                threshold: float):
         n, c, l = x.shape
         cp = w_v.shape[0]
         w = l // h
         b = n * cp
+        sigma = log_sigma.clamp(-LOG_SIGMA_LIMIT, LOG_SIGMA_LIMIT).exp().to(x.dtype)  # 0-d, as .sigma
+        kh = gaussian_kernel_1d(h, sigma, threshold)  # (H, H)
+        kw = kh if w == h else gaussian_kernel_1d(w, sigma, threshold)  # (W, W)
         v = torch.bmm(w_v.expand(n, cp, c), x)  # (N, C', L)   V = W_v x
         t = torch.mm(v.view(b * h, w), kw.t()).view(b, h, w)  # (B, H, W)   T = V Kwᵀ
-        ya = t.new_empty(n, cp + 1, l)  # (N, C'+1, L)   [y; 1], centred below with batch statistics
-        _aggregate_y_into(ya, kh, t)  # y = Kh T
+        ya = t.new_empty(n, cp + 1, l)  # (N, C'+1, L)   [y; 1], centred on k with batch statistics
         ya[:, cp].fill_(1.0)
         mean = var = s = invstd = y_mean = shift = cov = None
-        batch_stats = gamma is not None and run_mean is None
+        batch_stats = gamma is not None and (run_mean is None or momentum is not None)
         if batch_stats:
-            # batch statistics of u = W_out y, from y's: y is centred in place on its batch
-            # mean k, and one small GEMM of [y − k; 1] with itself gives Σ(y−k)(y−k)ᵀ and
-            # d = Σ(y−k)/M (k's rounding error, the corrected two-pass algorithm): m = k + d,
-            # S = Σ(y−k)(y−k)ᵀ/M − d dᵀ.  Then W' y + b' = W' (y − k) + β − s ⊙ W_out d
-            # (b' = β − s ⊙ μ, μ = W_out m).  A k from a subset of positions would save most of
-            # this pass, at the cost of float32 gradients on data with an outlying sample (the
-            # offset-data test).
-            shift = ya[:, :cp].mean((0, 2))  # (C',)   k
-            ya[:, :cp].sub_(shift.view(1, cp, 1))
+            # batch statistics of u = W_out y, from y's.  The rows of Kh and Kw sum to 1, so the
+            # mean of y is that of V weighted by the kernels' column sums, k = Σ_n a_hᵀ V_n a_w / M
+            # (one pass over V), and y − k = Kh T − k is written as such.  One small GEMM of
+            # [y − k; 1] with itself gives Σ(y−k)(y−k)ᵀ and d = Σ(y−k)/M (k's rounding error,
+            # the corrected two-pass algorithm): m = k + d, S = Σ(y−k)(y−k)ᵀ/M − d dᵀ.  Then
+            # W' y + b' = W' (y − k) + β − s ⊙ W_out d  (b' = β − s ⊙ μ, μ = W_out m).
+            a = torch.outer(kh.sum(0), kw.sum(0)).view(l)  # (L,)   a_h ⊗ a_w
+            shift = torch.mv(v.view(b, l), a).view(n, cp).sum(0) / (n * l)  # (C',)   k
+            _aggregate_y_into(ya, kh, t, shift)  # y − k
             moments = torch.bmm(ya, ya.transpose(1, 2)).sum(0) / (n * l)  # (C'+1, C'+1)
             d = moments[:cp, cp]  # (C',)   m − k
             y_mean = shift + d  # (C',)   m
             cov = moments[:cp, :cp] - torch.outer(d, d)  # (C', C')   S
             mean = w_out @ y_mean  # (C,)   μ = W_out m
             var = ((w_out @ cov) * w_out).sum(1)  # (C,)   σ² = diag(W_out S W_outᵀ)
+            if run_mean is not None and momentum is not None:  # unbiased variance, as nn.BatchNorm2d
+                m = n * l
+                run_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+                run_var.mul_(1.0 - momentum).add_(var, alpha=momentum * m / (m - 1))
+        else:
+            _aggregate_y_into(ya, kh, t)  # y
         if gamma is None:  # no BN: z = x + W_out y
             w_aug = torch.cat([w_out, w_out.new_zeros(c, 1)], 1)  # (C, C'+1)
         else:
@@ -372,17 +408,15 @@ class _SeparableBlock(torch.autograd.Function):
             bias = beta - s * (w_out @ d) if batch_stats else beta - s * mean  # (C,)
             w_aug = torch.cat([s.unsqueeze(1) * w_out, bias.unsqueeze(1)], 1)  # (C, C'+1)
         z = _plus_gemm(x, w_aug, ya)  # (N, C, L)   x + W' y + b'
-        ctx.save_for_backward(x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, shift, cov)
+        ctx.save_for_backward(x, w_v, log_sigma, sigma, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean,
+                              y_mean, shift, cov)
         ctx.batch_stats = batch_stats
-        if mean is None:
-            return z, None, None
-        mean, var = mean.detach().clone(), var.detach().clone()
-        ctx.mark_non_differentiable(mean, var)
-        return z, mean, var
+        return z
 
     @staticmethod
-    def backward(ctx, gz, _gmean, _gvar):
-        x, w_v, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, shift, cov = ctx.saved_tensors
+    def backward(ctx, gz):
+        (x, w_v, log_sigma, sigma, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean, y_mean, shift,
+         cov) = ctx.saved_tensors
         n, c, l = x.shape
         cp = w_v.shape[0]
         b, h, w = t.shape
@@ -420,13 +454,21 @@ class _SeparableBlock(torch.autograd.Function):
                 torch.baddbmm(gy, g_bn.expand(n, cp, cp + 1), ya, out=gy)
         # y = Kh T, T = V Kwᵀ:  dKh = Σ dY Tᵀ,  dT = Khᵀ dY,  dKw = Σ dTᵀ V,  dV = dT Kw
         # (the kernel gradients only feed σ: skipped when σ is frozen)
-        need_x, need_wv, need_kh, need_kw = ctx.needs_input_grad[:4]
+        need_x, need_wv, need_sigma = ctx.needs_input_grad[:3]
         gyb = gy.view(b, h, w)
-        g_kh = torch.bmm(gyb, t.transpose(1, 2)).sum(0) if need_kh else None  # (H, H)
+        g_kh = torch.bmm(gyb, t.transpose(1, 2)).sum(0) if need_sigma else None  # (H, H)
         g_t = torch.bmm(kh.t().expand(b, h, h), gyb)  # (B, H, W)
-        g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w)) if need_kw else None  # (W, W)
+        g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w)) if need_sigma else None  # (W, W)
         g_v = torch.mm(g_t.view(b * h, w), kw).view(n, cp, l)  # (N, C', L)
         # V = W_v x:  dx = gz + W_vᵀ dV (a GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
         g_x = _plus_gemm(gz, w_v.t(), g_v) if need_x else None  # (N, C, L)
         g_wv = _outer_and_project(g_v, x)[0] if need_wv else None  # (C', C)
-        return g_x, g_wv, g_kh, g_kw, g_wout, g_gamma, g_beta, None, None, None, None
+        g_log_sigma = None
+        if need_sigma:  # σ = exp(clamp(log σ)): the clamp passes the gradient within its limits
+            if h == w:  # a square map: one kernel for both axes
+                g_log_sigma = _log_sigma_grad(kh, g_kh.add_(g_kw), sigma)
+            else:
+                g_log_sigma = _log_sigma_grad(kh, g_kh, sigma) + _log_sigma_grad(kw, g_kw, sigma)
+            inside = log_sigma.abs() <= LOG_SIGMA_LIMIT
+            g_log_sigma = torch.where(inside, g_log_sigma, 0.0).to(log_sigma.dtype)
+        return (g_x, g_wv, g_log_sigma, g_wout, g_gamma, g_beta) + (None,) * 6

@@ -180,28 +180,31 @@ def test_fused_batch_statistics_are_accurate_in_float32_on_offset_data(offsets):
         assert err <= 4 * err_ref + 1e-6 * w.abs().max().item(), (name, err, err_ref)
 
 
-@pytest.mark.parametrize("stats", ["batch", "running", "no bn"])
-def test_separable_block_function_gradcheck(stats):
-    """Finite differences (float64) on every input of the fused Function, σ's kernels included."""
+@pytest.mark.parametrize("hw", [(3, 4), (4, 4)])
+@pytest.mark.parametrize("stats", ["batch", "batch, updating running", "running", "no bn"])
+def test_separable_block_function_gradcheck(stats, hw):
+    """Finite differences (float64) on every input of the fused Function, log σ included (its
+    gradient comes from the kernels' in closed form; a square map shares one kernel)."""
     torch.manual_seed(10)
-    n, c, cp, h, w = 2, 3, 2, 3, 4
+    n, c, cp = 2, 3, 2
+    h, w = hw
     d = dict(dtype=torch.float64, requires_grad=True)
     x = torch.randn(n, c, h * w, **d)
     w_v, w_out = torch.randn(cp, c, **d), torch.randn(c, cp, **d)
-    kh = torch.softmax(torch.randn(h, h, dtype=torch.float64), 1).requires_grad_()
-    kw = torch.softmax(torch.randn(w, w, dtype=torch.float64), 1).requires_grad_()
+    log_sigma = torch.tensor(math.log(0.9), **d)
     gamma, beta = torch.randn(c, **d), torch.randn(c, **d)
     run = (torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5)
     args = {
-        "batch": (gamma, beta, None, None),
-        "running": (gamma, beta, *run),
-        "no bn": (None, None, None, None),
+        "batch": (gamma, beta, None, None, None),
+        "batch, updating running": (gamma, beta, *run, 0.1),
+        "running": (gamma, beta, *run, None),
+        "no bn": (None, None, None, None, None),
     }[stats]
 
-    def f(x, w_v, kh, kw, w_out, *bn_args):
-        return _SeparableBlock.apply(x, w_v, kh, kw, w_out, *bn_args, *args[len(bn_args):], 1e-5, h)[0]
+    def f(x, w_v, log_sigma, w_out, *bn_args):
+        return _SeparableBlock.apply(x, w_v, log_sigma, w_out, *bn_args, *args[len(bn_args):], 1e-5, h, 1e-12)
 
-    inputs = (x, w_v, kh, kw, w_out) + tuple(a for a in args[:2] if a is not None)
+    inputs = (x, w_v, log_sigma, w_out) + tuple(a for a in args[:2] if a is not None)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
