@@ -17,8 +17,8 @@ its docstring), on random tensors:
   W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV onto a copy of gz; dW_v = Σ dV xᵀ;
 * aggregation: T = V Kwᵀ, y = Kh T; backward dT = Khᵀ dy, dV = dT Kw, and the two kernel
   gradients that reach σ (dKh = Σ dy Tᵀ, dKw = Σ dTᵀ V);
-* BN statistics folded onto y (C' channels): the moments of [y − k; 1] forward, the BN term
-  of dy backward.
+* BN statistics folded onto y (C' channels): the batch mean k of y from V, the moments of
+  [y − k; 1] forward, the BN term of dy backward.
 
 Each row gives its multiply-adds (the analytic count) and the median time; "GMAC/s" is their
 ratio.  Rounds are interleaved (every part, the block and the convs once per round, each
@@ -71,6 +71,8 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     kh = torch.softmax(torch.randn(h, h), 1)
     kw = kh
     g_bn = torch.randn(cp, cp + 1)
+    shift = torch.randn(cp)
+    col_sums = torch.outer(kh.sum(0), kw.sum(0)).view(l)
     out_cp = torch.empty(n, cp, l)
     w2t = w_aug[:, :cp].t()
 
@@ -85,12 +87,14 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
         Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
         Part("projections", "dW_v = Σ dV xᵀ", proj, lambda: _outer_and_project(v, x)),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
-        Part("aggregation", "y = Kh T, into [y; 1]", agg_y, lambda: _aggregate_y_into(ya, kh, t)),
+        Part("aggregation", "y − k = Kh T − k, into [y − k; 1]", agg_y, lambda: _aggregate_y_into(ya, kh, t, shift)),
         Part("aggregation", "dT = Khᵀ dy", agg_y, lambda: torch.bmm(kh.t().expand(b, h, h), gy.view(b, h, w))),
         Part("aggregation", "dV = dT Kw", agg_x, lambda: torch.mm(g_t.view(b * h, w), kw)),
         Part("aggregation", "dKh = Σ dy Tᵀ (σ)", agg_x,
              lambda: torch.bmm(gy.view(b, h, w), t.transpose(1, 2)).sum(0)),
         Part("aggregation", "dKw = Σ dTᵀ V (σ)", agg_y, lambda: torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w))),
+        Part("BN statistics", "k = Σ_n a_hᵀ V_n a_w / M (the batch mean of y)", b * l,
+             lambda: torch.mv(v.view(b, l), col_sums).view(n, cp).sum(0)),
         Part("BN statistics", "moments of [y − k; 1]", n * (cp + 1) ** 2 * l,
              lambda: torch.bmm(ya, ya.transpose(1, 2)).sum(0)),
         Part("BN statistics", "dy += (2/M) dS (y − m) + dm/M, in place", n * cp * (cp + 1) * l,

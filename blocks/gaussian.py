@@ -76,10 +76,13 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
   μ = W_out m, σ²_c = (W_out S W_outᵀ)_cc; with s = γ/√(σ² + ε) the block is
   z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x (with batch statistics
   written z = x + W' (y − k) + β − s ⊙ W_out (m − k), the same value, k the batch mean of y up
-  to rounding: y is stored centred, and one small GEMM of [y − k; 1] with itself gives S and
-  m's correction).  The width-C tensors u and
+  to rounding: the rows of Kh and Kw sum to 1, so k is V's mean weighted by the kernels'
+  column sums, one pass over V; the aggregation's GEMM writes y − k, and one small GEMM of
+  [y − k; 1] with itself gives S and m's correction).  The width-C tensors u and
   BN(u) never exist, and BN's passes over them (statistics, normalise, add; in backward two
   reductions and the input gradient) are replaced by O(C'²·N·H·W) work on y.
+* σ's kernels are built inside the function, outside autograd; d log σ comes from dKh and
+  dKw in closed form (the softmax backward times ∂logits/∂log σ = D²/σ²).
 * The backward is written out (the chain rule through m, S, μ, σ², s, also in the function's
   comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz (no separate gradient
   accumulation pass), dL/d(W', b') one GEMM against [y; 1].
@@ -87,7 +90,8 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
 * On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
   one sample at least), so that a chunk is still in the cache for the second pass over it (the
   copy of x under the GEMM that adds onto it; in backward the two GEMMs that read gz, and gz's
-  copy under dL/dx); elsewhere they are batched GEMMs over the whole batch (one launch each).  For a square map Kw is Kh.
+  copy under dL/dx); elsewhere they are batched GEMMs over the whole batch (one launch each).
+  For a square map Kw is Kh.
 Running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum`` or
 the cumulative average).  Tests compare it with ``forward_reference`` and the dense map in
 float64 (values, every gradient, running statistics) and run ``gradcheck`` on the function.

@@ -198,7 +198,8 @@ def test_gaussian_parts_are_the_blocks_own_gemms(n, c, hw):
     with FlopCounterMode(display=False) as counter:
         m(x).backward(torch.randn_like(x))
     block_macs = counter.get_total_flops() // 2
-    parts_macs = sum(p.macs for p in parts(n, c, hw))
+    # the batch mean of y is a matrix-vector product, which torch's FLOP counter does not count
+    parts_macs = sum(p.macs for p in parts(n, c, hw) if not p.label.startswith("k = "))
     cp = c // 8
     assert 0 <= block_macs - parts_macs <= 4 * c * cp * (cp + 1), (block_macs, parts_macs)
 
@@ -207,7 +208,7 @@ def test_gaussian_parts_runs_and_reports_the_ratios():
     r = _run_module("gaussian_parts", "--batch", "2", "--channels", "16", "--hw", "9", "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
-    assert len(out["parts"]) == 13 and all(p["ms"] > 0 for p in out["parts"])
+    assert len(out["parts"]) == 14 and all(p["ms"] > 0 for p in out["parts"])
     assert out["parts_ms"] == pytest.approx(sum(out["groups_ms"].values()))
     assert out["block_over_convs"] == pytest.approx(out["block_ms"] / out["convs_ms"])
     assert out["parts_over_convs"] == pytest.approx(out["parts_ms"] / out["convs_ms"])
