@@ -27,8 +27,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .backbones import backbone_names, get_backbone
-from .insert import build_model
+from .backbones import backbone_names, get_backbone, min_input
+from .insert import build_model, resolve_spec
 from .registry import get, names
 
 
@@ -138,6 +138,13 @@ def model_cost(backbone: str, attention: Any = None, input_size: int | tuple[int
     if input_size is None:
         input_size = get_backbone(backbone).default_input
     hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    spec = resolve_spec(attention, backbone)
+    stages = spec.stages if spec is not None else ()
+    need = min_input(backbone, small_stem, stages)
+    if min(hw) < need:
+        why = f" with attention at stage {max(stages)}" if stages and need > min_input(backbone, small_stem) else ""
+        raise ValueError(f"input {hw[0]}x{hw[1]} px is below the {need} px that {backbone}{why} needs "
+                         "(one pixel after the last stage, 2x2 where a block attends)")
     model = build_model(backbone, num_classes, attention=attention, small_stem=small_stem)
     base = build_model(backbone, num_classes, small_stem=small_stem)
     (macs, forms), base_macs = macs_and_forms(model, hw), count_macs(base, hw)

@@ -197,32 +197,27 @@ def check_data_root(data_cfg: DataConfig) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-_FAMILY_STRIDES = {  # the downsampling after each stage, by backbone family (see blocks/backbones)
-    "cifar_resnet": ((1, 2, 4), (1, 2, 4)),  # (normal stem, small stem): 3x3/1 stem
-    "resnet": ((4, 8, 16, 32), (1, 2, 4, 8)),  # 7x7/2 conv + max-pool stem; small: 3x3/1
-    "gsa_resnet": ((4, 8, 16, 32), (1, 2, 4, 8)),
-}
-
-
 def stage_strides(backbone: str, small_stem: bool = False) -> Optional[tuple[int, ...]]:
     """How much each stage of ``backbone`` has downsampled its input (``None``: not known here)."""
-    m = re.fullmatch(r"([a-z_]+?)\d+", backbone)
-    family = _FAMILY_STRIDES.get(m.group(1)) if m else None
-    return None if family is None else family[1 if small_stem else 0]
+    from blocks.backbones import get_backbone
+
+    try:
+        return get_backbone(backbone).strides(small_stem) or None
+    except KeyError:
+        return None
 
 
 def min_resolution(backbone: str, small_stem: bool = False, attention_stages: Sequence[int] = ()) -> int:
-    """The smallest input (px) a trial can use: ``MIN_RES``, at least one pixel left after the
-    last stage, and at least 2x2 positions at every stage that has attention (attention over a
-    single position is a constant: non-local's sub-sampling pool fails on it, and a 1-px
-    training resolution "trains" to NaN)."""
-    strides = stage_strides(backbone, small_stem)
-    if strides is None:
+    """The smallest input (px) a trial can use: ``MIN_RES``, and what the backbone needs
+    (:func:`blocks.backbones.min_input`: at least one pixel left after the last stage, and at
+    least 2x2 positions at every stage that has attention — attention over a single position is
+    a constant: non-local's sub-sampling pool fails on it, and a 1-px training resolution
+    "trains" to NaN)."""
+    from blocks.backbones import min_input
+
+    if stage_strides(backbone, small_stem) is None:
         return MIN_RES
-    need = max(MIN_RES, strides[-1])
-    for s in attention_stages:
-        need = max(need, 2 * strides[s - 1])
-    return need
+    return max(MIN_RES, min_input(backbone, small_stem, attention_stages))
 
 
 def attention_param_problems(kind: str, params: dict[str, Any]) -> list[tuple[str, str]]:

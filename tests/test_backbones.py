@@ -190,3 +190,28 @@ def test_attention_model_compiles_without_graph_breaks():
         compiled = torch.compile(m, backend="eager", fullgraph=True)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), m(x))
+
+
+@pytest.mark.parametrize("small_stem", [False, True])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_declared_stage_strides_are_the_models(name, small_stem):
+    """The registry's stage strides (what input sizes are refused on, here and in the trial
+    config) are those of the built model: each stage's map is input / stride at a power-of-two
+    input, and at ``min_input`` with attention everywhere every stage keeps 2x2 positions."""
+    from blocks.backbones import get_backbone, min_input
+
+    entry = get_backbone(name)
+    if small_stem and not entry.small_stem_option:
+        pytest.skip("no small-stem option")
+    strides = entry.strides(small_stem)
+    assert len(strides) == entry.num_stages
+    net = blocks.build_backbone(name, 10, small_stem=small_stem).eval()
+    side = 2 * strides[-1]
+    with torch.no_grad():
+        feats = net.forward_stages(torch.zeros(1, 3, side, side))
+    assert [f.shape[-1] for f in feats] == [side // s for s in strides]
+    need = min_input(name, small_stem, range(1, entry.num_stages + 1))
+    with torch.no_grad():
+        feats = net.forward_stages(torch.zeros(1, 3, need, need))
+    assert all(min(f.shape[-2:]) >= 2 for f in feats)
+    assert min_input(name, small_stem) == strides[-1]

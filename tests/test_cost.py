@@ -74,6 +74,11 @@ def test_json_carries_forms(capsys):
     # the same parameter twice: the last one silently won
     (["--backbone", "cifar_resnet20", "--attention", "spa", "--param", "topk_ratio=0.1", "--param", "topk_ratio=0.5"],
      "--param topk_ratio given twice"),
+    # inputs a backbone cannot run on printed figures (a 16-px ResNet-50 has no pixel left at stage 4)
+    (["--backbone", "resnet50", "--input", "16"], "16x16 px is below the 32 px that resnet50 needs"),
+    (["--backbone", "resnet50", "--attention", "nonlocal", "--stages", "4", "--input", "32"],
+     "below the 64 px that resnet50 with attention at stage 4 needs"),
+    (["--backbone", "cifar_resnet20", "--attention", "se", "--input", "7"], "below the 8 px"),
     # 100M classes: a 25 GB classifier, then an allocation traceback
     (["--backbone", "cifar_resnet20", "--num-classes", "100000000"], "at most 100,000"),
 ])
