@@ -3,10 +3,11 @@ checks of the resource flags — each bad value one line, before any cluster wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from pipeline.config import NAME_PATTERN
 from pipeline.errors import ConfigError, folder_problem
@@ -47,3 +48,26 @@ def storage_path(arg: Optional[str]) -> str:
     if problem:
         raise ConfigError(f"--storage {path}: {problem}")
     return str(path)
+
+
+@contextlib.contextmanager
+def storage_folder(arg: Optional[str]) -> Iterator[str]:
+    """:func:`storage_path` for the length of a run: the folders it had to create (the storage
+    folder and missing parents) are removed again on the way out while they are still empty, so
+    a run refused or failed before writing anything leaves nothing behind; nothing else is
+    touched."""
+    storage = arg or str(DEFAULT_STORAGE)
+    made: list[Path] = []  # deepest first
+    if "://" not in storage:
+        path = Path(storage).expanduser().resolve()
+        while not path.exists() and path != path.parent:
+            made.append(path)
+            path = path.parent
+    try:
+        yield storage_path(arg)
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                break

@@ -11,6 +11,7 @@ storage folder): one parent run per grid, one child run per trial, never two for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_path
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_folder
 from experiments.spec import Grid, Trial, load_spec
 from pipeline.errors import ConfigError, cli_exit
 
@@ -268,6 +269,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `grid.py --dry-run | head` ends quietly
     a = parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        return _main(a, stack)
+
+
+def _main(a: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     try:
         grid = load_spec(a.spec, max_trials=a.max_trials)
         name = a.name or grid.spec.name
@@ -286,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if problem := ray_address_problem():
             raise ConfigError(problem)
-        storage = storage_path(a.storage)
+        storage = stack.enter_context(storage_folder(a.storage))  # made now, removed if left empty
         exp_dir = Path(storage) / name if "://" not in storage else None
         if exp_dir is not None and exp_dir.exists() and not a.resume:
             raise ConfigError(f"grid {name!r} already exists at {exp_dir}; add --resume to continue it, "

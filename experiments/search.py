@@ -16,6 +16,7 @@ one line each, exit 2, before anything runs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_path
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_folder
 from pipeline.errors import ConfigError, cli_exit
 
 
@@ -150,6 +151,11 @@ def close_runs(uri: str, experiment: str, parent: str, rows: list[dict[str, Any]
 
 def main(argv: Optional[list[str]] = None) -> int:
     a = parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        return _main(a, stack)
+
+
+def _main(a: Any, stack: contextlib.ExitStack) -> int:
     try:
         from pipeline.search import load_search
 
@@ -165,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if problem := ray_address_problem():
             raise ConfigError(problem)
-        storage = storage_path(a.storage)
+        storage = stack.enter_context(storage_folder(a.storage))  # made now, removed if left empty
         url = study_url(a, storage, name)
         uri = tracking_uri(search, storage)
         experiment = (search.base.get("tracking") or {}).get("experiment") or name

@@ -253,6 +253,7 @@ def test_bad_tracking_uri_is_one_line_before_any_work(command, case, tmp_path):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "work").exists()
+    assert not (tmp_path / "runs").exists()  # the grid's new storage folder is not left behind, empty
 
 
 @pytest.mark.parametrize("url,needle", [("notaurl", "Could not parse SQLAlchemy URL"),
@@ -267,6 +268,7 @@ def test_search_bad_study_storage_is_one_line_and_creates_no_run(url, needle, tm
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not list((tmp_path / "runs").glob("**/mlflow.db"))  # no tracking store touched before the study check
+    assert not (tmp_path / "runs").exists()  # nor the new storage folder left behind, empty
 
 
 # --- entry points other than the spec file: every class refused in one line, before any work ---
