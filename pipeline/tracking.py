@@ -530,6 +530,36 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             raise ConfigError(str(e)) from None
 
 
+def check_runs(uri: str, **run_ids: str | None) -> None:
+    """Raise :class:`~pipeline.errors.ConfigError` (one line) unless each given run id
+    (``check_runs(uri, run_id=..., parent_run_id=...)``, named after its ``tracking.`` key) is an
+    active run of the store at ``uri`` — checked before a trial attaches to it, not as MLflow's
+    traceback after the data and the model were built.  A SQLite file that does not exist yet
+    holds no run (and is not created here)."""
+    from .errors import ConfigError
+
+    given = {key: rid for key, rid in run_ids.items() if rid}
+    if not given:
+        return
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        key, rid = next(iter(given.items()))
+        raise ConfigError(f"tracking.{key} {rid!r}: no such run (the tracking database "
+                          f"{uri[len('sqlite:///'):]} does not exist)")
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    for key, rid in given.items():
+        try:
+            run = client.get_run(rid)
+        except MlflowException as e:
+            reason = "no such run" if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") \
+                else " ".join(str(e.message).split())[:300]
+            raise ConfigError(f"tracking.{key} {rid!r}: {reason} in {uri}") from None
+        if run.info.lifecycle_stage == "deleted":
+            raise ConfigError(f"tracking.{key} {rid!r}: the run was deleted in {uri} (restore it in the UI, "
+                              "or leave the key out for a new run)")
+
+
 def _experiment_id(client: MlflowClient, experiment_name_or_id: str) -> str | None:
     ref = str(experiment_name_or_id)
     if ref.isdigit():

@@ -504,10 +504,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = load_trial_config(a.config, a.overrides)
         if a.resume is not None and not a.resume.is_file():
             raise ConfigError(f"--resume: checkpoint not found: {a.resume}")
-        if cfg.tracking.enabled and cfg.tracking.uri:
-            from .tracking import check_store
+        if cfg.tracking.enabled:
+            from .tracking import check_runs, check_store, default_uri
 
-            check_store(cfg.tracking.uri)  # before any data or model work
+            uri = cfg.tracking.uri or default_uri(cfg.work_dir)
+            if cfg.tracking.uri:
+                check_store(uri)  # before any data or model work
+            check_runs(uri, run_id=cfg.tracking.run_id, parent_run_id=cfg.tracking.parent_run_id)
         from .errors import folder_problem
 
         # the folders the trial writes: a file in the way is one line now, not a traceback

@@ -371,6 +371,39 @@ def test_ignored_or_conflicting_flags_are_refused(command, argv, needle, tmp_pat
     assert rc == 2 and needle in _one_line(err), err
 
 
+@pytest.mark.parametrize("case", ["no-database", "unknown-run", "unknown-parent", "deleted-run", "default-store"])
+def test_train_refuses_a_run_id_the_store_does_not_hold(case, tmp_path):
+    """tracking.run_id / parent_run_id that name no active run: one line and exit 2 before the
+    data and the model are built (it was MLflow's traceback when the trial attached), and a
+    tracking database that does not exist is not created by the check."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.train import main as train_main
+
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    work = tmp_path / "work"
+    if case != "no-database":
+        client = MlflowClient(uri if case != "default-store" else f"sqlite:///{work / 'mlflow.db'}")
+        run = client.create_run(client.create_experiment("e"))
+        if case == "deleted-run":
+            client.delete_run(run.info.run_id)
+    store = [] if case == "default-store" else ["--set", f"tracking.uri={uri}"]
+    key, rid, needle = {
+        "no-database": ("run_id", "abc123", "does not exist"),
+        "unknown-run": ("run_id", "ab" * 16, "no such run"),
+        "unknown-parent": ("parent_run_id", "cd" * 16, "no such run"),
+        "deleted-run": ("run_id", None, "was deleted"),
+        "default-store": ("run_id", "ef" * 16, "no such run"),
+    }[case]
+    rid = rid or run.info.run_id
+    rc, err = _main_exit(train_main, store + ["--set", f"work_dir={work}", "--set", f"tracking.{key}={rid}"])
+    line = _one_line(err)
+    assert rc == 2 and f"tracking.{key} {rid!r}" in line and needle in line, err
+    assert db.exists() == (case not in ("no-database", "default-store"))
+    assert not list(work.glob("**/checkpoints*"))
+
+
 @pytest.mark.parametrize("case", ["work-dir-is-a-file", "work-dir-under-a-file", "checkpoint-dir-is-a-file",
                                   "checkpoint-flag-is-a-file", "stop-after-negative", "set-twice",
                                   "experiment-empty"])
