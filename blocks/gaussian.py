@@ -327,14 +327,15 @@ def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None 
 
     a (N, K, L), g (N, C, L), p (P, C) -> (K, C), (N, P, L) or None.
     """
+    if p is None:  # one read of g: no chunks needed
+        return torch.bmm(a, g.transpose(1, 2)).sum(0), None  # (K, C)
     n, l = g.shape[0], g.shape[2]
     outer = None
-    proj = g.new_empty(n, p.shape[0], l) if p is not None else None  # (N, P, L)
+    proj = g.new_empty(n, p.shape[0], l)  # (N, P, L)
     for sl in _batch_chunks(g):
         part = torch.bmm(a[sl], g[sl].transpose(1, 2)).sum(0)  # (K, C)
         outer = part if outer is None else outer.add_(part)
-        if p is not None:
-            torch.bmm(p.expand(g[sl].shape[0], *p.shape), g[sl], out=proj[sl])
+        torch.bmm(p.expand(g[sl].shape[0], *p.shape), g[sl], out=proj[sl])
     return outer, proj
 
 
