@@ -242,7 +242,7 @@ def write(out: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m benchmarks.cost_table", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.cost_table", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int_range(1, 1024), default=1)
     ap.add_argument("--repeats", type=int_range(1, 1000), default=3)
     ap.add_argument("--out", default=str(ROOT / "docs" / "blocks.md"))

@@ -173,7 +173,7 @@ def table(rows: list[dict], target: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import ArgumentParser, float_range
 
-    p = ArgumentParser(prog="python -m benchmarks.digits_check", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.digits_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)

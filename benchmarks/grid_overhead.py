@@ -286,7 +286,7 @@ def free_port() -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.errors import ArgumentParser, int_range, path_flag_problem
 
-    p = ArgumentParser(prog="python -m benchmarks.grid_overhead", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.grid_overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--ratios", type=int_range(1, 100_000), default=1000,
                    help="top-k ratios of the expansion spec (10 x ratios + 2 trials)")
     p.add_argument("--trials", type=int_range(1, 10_000), default=6, help="smoke trials through Tune")

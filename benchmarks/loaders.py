@@ -150,7 +150,7 @@ def epoch(loader) -> tuple[int, float, float]:
 def main(argv=None) -> int:
     from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range, path_flag_problem
 
-    p = ArgumentParser(prog="python -m benchmarks.loaders", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.loaders", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int_range(1, 10_000_000), default=3000)
     p.add_argument("--classes", type=int_range(1, 100_000), default=10)
     p.add_argument("--res", type=int_list(8, 1024), default=[160, 224])

@@ -105,7 +105,7 @@ def cases(c: int) -> dict[str, nn.Module]:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import ArgumentParser, int_range
 
-    ap = ArgumentParser(prog="python -m benchmarks.spa_memory", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.spa_memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int_range(1, 4096), default=8)
     ap.add_argument("--channels", type=int_range(1, 4096), default=256)
     ap.add_argument("--size", type=int_range(2, 1024), default=56, help="side of the square map")

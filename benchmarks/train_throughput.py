@@ -239,7 +239,7 @@ def table(rows: list[Row], gpu: bool) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("auto", "full", "small"), default="auto")
     p.add_argument("--threads", type=int_list(1, 1024), default=None, help="comma list of torch thread counts (CPU)")
     p.add_argument("--res", type=int_list(MIN_RES, MAX_RES), default=None, help="comma list of resolutions (px)")

@@ -181,7 +181,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m blocks.cost", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m blocks.cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", required=True, help=f"one of: {', '.join(backbone_names())}")
     p.add_argument("--attention", default=None, help="block name (default: none)")
     p.add_argument("--stages", default=None, help="e.g. 1,2,3,4 (default: the paper's)")

@@ -681,7 +681,7 @@ def _save_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: s
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", required=True, help="grid name (the parent run's attnlab.grid tag)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT}/NAME)")

@@ -268,3 +268,27 @@ def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert needle in lines[0] and lines[1].startswith("(run "), r.stderr
+
+
+# --- every command line's --help: its description is whole sentences ---------------------------
+
+_COMMANDS = sorted(f"benchmarks.{p.stem}" for p in (ROOT / "benchmarks").glob("*.py")
+                   if not p.stem.startswith("_") and "def main(" in p.read_text())
+_COMMANDS += ["blocks.cost", "experiments.report"]
+
+
+@pytest.mark.parametrize("module", _COMMANDS)
+def test_help_describes_the_command_in_whole_sentences(module, capsys):
+    """--help shows the module docstring's first paragraph, not its first line (which cut the
+    loaders' and train_throughput's description mid-sentence)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    squeeze = lambda text: "".join(text.split())  # noqa: E731 (argparse re-wraps, also at hyphens)
+    assert squeeze(description) == squeeze(mod.__doc__.split("\n\n")[0]), description
+    assert description.rstrip().endswith("."), description
