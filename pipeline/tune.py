@@ -102,12 +102,55 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {**{k: clean[k] for k in SHOWN_FIRST if k in clean}, **clean}
 
 
+#: Node-local checkpoint folders of trial processes: ``<prefix><pid>-<what>-<random>`` in the
+#: temp folder.  A trial whose process is killed, crashes or is stopped by Tune without
+#: returning cannot remove its own; the next trial on the node removes those of dead processes.
+STAGING_PREFIX = "attnlab-ckpt-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def orphaned_staging(folder: Optional[Path] = None) -> list[Path]:
+    """The checkpoint folders (``STAGING_PREFIX``) in ``folder`` (default: the temp folder)
+    whose process is gone."""
+    out = []
+    for path in Path(folder or tempfile.gettempdir()).glob(STAGING_PREFIX + "*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            out.append(path)
+    return out
+
+
+def sweep_staging(folder: Optional[Path] = None) -> list[Path]:
+    """Remove the checkpoint folders that processes now gone left in ``folder`` (default: the
+    temp folder); the removed paths.  Folders of live processes and anything named otherwise
+    are left alone."""
+    removed = orphaned_staging(folder)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _staging_dir(what: str) -> Path:
+    """A new node-local checkpoint folder of this process (older ones of dead processes swept)."""
+    sweep_staging()
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{what}-"))
+
+
 def _tune_reporter():
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
         clean = _numeric(metrics)
         if saved is not None:
             # Hand Tune a folder holding a copy: Tune moves it into the trial's storage.
-            with tempfile.TemporaryDirectory(prefix="attnlab-ckpt-") as d:
+            with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-report-") as d:
                 shutil.copy2(saved, Path(d) / CKPT_NAME)
                 tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
         else:
@@ -159,16 +202,18 @@ def _fit_in_tune(cfg: Any, trial_id: str, reporter: Any) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     _node_local(cfg, trial_id)
-    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-{trial_id}-"))
-    resume_from = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        local = Path(checkpoint.to_directory())
-        if (local / CKPT_NAME).exists():
-            resume_from = local / CKPT_NAME
-    _tag_attempt(cfg, trial_id)
-    fit(cfg, reporter=reporter, checkpoint_dir=ckpt_dir, resume_from=resume_from)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    ckpt_dir = _staging_dir(trial_id)
+    try:
+        resume_from = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            local = Path(checkpoint.to_directory())
+            if (local / CKPT_NAME).exists():
+                resume_from = local / CKPT_NAME
+        _tag_attempt(cfg, trial_id)
+        fit(cfg, reporter=reporter, checkpoint_dir=ckpt_dir, resume_from=resume_from)
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def _ddp_trial(config: dict[str, Any], trial_id: str) -> None:
@@ -214,19 +259,21 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         local = Path(checkpoint.to_directory())
         resume_from = local / CKPT_NAME if (local / CKPT_NAME).exists() else None
-    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"attnlab-ddp-r{rank}-"))
+    ckpt_dir = _staging_dir(f"ddp-r{rank}")
 
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
         clean = _numeric(metrics)
         if saved is not None and rank == 0:
-            with tempfile.TemporaryDirectory(prefix="attnlab-ckpt-") as d:
+            with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-report-") as d:
                 shutil.copy2(saved, Path(d) / CKPT_NAME)
                 train.report(clean, checkpoint=train.Checkpoint.from_directory(d))
         else:
             train.report(clean)  # every rank reports (a collective); rank 0 carries the checkpoint
 
-    fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from, rank=rank, world_size=world)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    try:
+        fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from, rank=rank, world_size=world)
+    finally:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def _tune_defaults() -> None:

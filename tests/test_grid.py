@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def test_failed_trial_resumes_from_checkpoint_one_run(tmp_path, ray_head, mlflow
     name = f"retry-{fault.split('_')[0]}"
     spec = write_spec(tmp_path, name, {"attention": ["se"]}, epochs=3, baseline=False,
                       fault={fault: 1, "once_file": str(tmp_path / "fault.once")})
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("attnlab-*"))
     r = run_grid(spec, tmp_path, grid_env(ray_head, mlflow_server))
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert (tmp_path / "fault.once").exists()  # the fault did fire
@@ -85,6 +88,13 @@ def test_failed_trial_resumes_from_checkpoint_one_run(tmp_path, ray_head, mlflow
     assert len(kids) == 1 and kids[0].data.tags["attnlab.status"] == "finished"
     for key in ("train_loss", "val_top1", "lr"):
         assert [s for s, _ in metric_history(mlflow_server, kids[0].info.run_id, key)] == [1, 2, 3]
+    # the node keeps no checkpoint folder of a trial process that is gone: the failed attempt's
+    # (killed: swept by the retry; raised: removed on the way out) nor the finished one's
+    from pipeline.tune import orphaned_staging
+
+    assert orphaned_staging() == []
+    new = {p.name for p in set(temp.glob("attnlab-*")) - before}
+    assert {n for n in new if not n.startswith("attnlab-work-")} <= {p.name for p in temp.glob("attnlab-ckpt-*")}
 
 
 def test_driver_killed_then_resume(tmp_path, ray_head, mlflow_server):
@@ -123,3 +133,21 @@ def test_rerun_without_resume_refuses(tmp_path):
     (tmp_path / "storage" / "again").mkdir(parents=True)
     r = run_grid(spec, tmp_path, dict(os.environ))
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_sweep_removes_only_dead_processes_checkpoint_folders(tmp_path):
+    """A trial process that Tune stops, or that is killed, leaves its node-local checkpoint
+    folder (a full checkpoint each); the next trial's sweep removes those of processes that are
+    gone and nothing else."""
+    from pipeline.tune import STAGING_PREFIX, sweep_staging
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{STAGING_PREFIX}{gone.pid}-t1-abc"
+    live = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-t2-abc"
+    other = [tmp_path / f"{STAGING_PREFIX}report-xyz", tmp_path / f"attnlab-{gone.pid}-t3", tmp_path / "keep"]
+    for d in (dead, live, *other):
+        d.mkdir()
+        (d / "last.pt").write_bytes(b"x")
+    assert sweep_staging(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and all(d.exists() for d in other)
