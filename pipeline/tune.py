@@ -159,12 +159,34 @@ def _tune_reporter():
     return report
 
 
-def _node_local(cfg: Any, trial_id: str) -> None:
+def _node_local(cfg: Any, trial_id: str) -> Optional[Path]:
     """Folders the driver named may not exist on this node: a trial writes only to a folder of
-    this node (its checkpoints travel through Tune's shared storage, its metrics to MLflow)."""
-    if not Path(cfg.work_dir).is_dir():
-        cfg.work_dir = Path(tempfile.gettempdir()) / f"attnlab-work-{trial_id}"
-        cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    this node (its checkpoints travel through Tune's shared storage, its metrics to MLflow).
+    Returns the folder made here, if one was (:func:`_remove_if_empty` it when the trial ends)."""
+    if Path(cfg.work_dir).is_dir():
+        return None
+    cfg.work_dir = Path(tempfile.gettempdir()) / f"attnlab-work-{trial_id}"
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    return cfg.work_dir
+
+
+def _remove_if_empty(folder: Optional[Path]) -> None:
+    if folder is not None:
+        try:
+            folder.rmdir()
+        except OSError:  # something was written there (a trial with no tracking URI): kept
+            pass
+
+
+def _fetch_checkpoint(checkpoint: Any, staging: Path) -> Optional[Path]:
+    """The trial's last checkpoint file, copied from Tune's storage into this process's own
+    staging folder (removed with it), or None when the checkpoint holds none.  Ray's
+    ``to_directory()`` without a path would leave a ``checkpoint_tmp_*`` copy in the temp
+    folder of the node for good."""
+    if checkpoint is None:
+        return None
+    local = Path(checkpoint.to_directory(str(staging / "resume")))
+    return local / CKPT_NAME if (local / CKPT_NAME).exists() else None
 
 
 def _tag_attempt(cfg: Any, trial_id: str) -> None:
@@ -201,19 +223,15 @@ def _fit_in_tune(cfg: Any, trial_id: str, reporter: Any) -> None:
 
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    _node_local(cfg, trial_id)
+    made = _node_local(cfg, trial_id)
     ckpt_dir = _staging_dir(trial_id)
     try:
-        resume_from = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            local = Path(checkpoint.to_directory())
-            if (local / CKPT_NAME).exists():
-                resume_from = local / CKPT_NAME
+        resume_from = _fetch_checkpoint(tune.get_checkpoint(), ckpt_dir)
         _tag_attempt(cfg, trial_id)
         fit(cfg, reporter=reporter, checkpoint_dir=ckpt_dir, resume_from=resume_from)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _remove_if_empty(made)
 
 
 def _ddp_trial(config: dict[str, Any], trial_id: str) -> None:
@@ -252,13 +270,8 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = validate_trial(loop_config["trial"])
-    _node_local(cfg, f"{loop_config['trial_id']}-r{rank}")
+    made = _node_local(cfg, f"{loop_config['trial_id']}-r{rank}")
     _tag_attempt(cfg, loop_config["trial_id"])
-    resume_from = None
-    checkpoint = train.get_checkpoint()
-    if checkpoint is not None:
-        local = Path(checkpoint.to_directory())
-        resume_from = local / CKPT_NAME if (local / CKPT_NAME).exists() else None
     ckpt_dir = _staging_dir(f"ddp-r{rank}")
 
     def report(metrics: dict[str, Any], saved: Optional[Path]) -> None:
@@ -271,9 +284,11 @@ def _ddp_worker(loop_config: dict[str, Any]) -> None:
             train.report(clean)  # every rank reports (a collective); rank 0 carries the checkpoint
 
     try:
+        resume_from = _fetch_checkpoint(train.get_checkpoint(), ckpt_dir)
         fit(cfg, reporter=report, checkpoint_dir=ckpt_dir, resume_from=resume_from, rank=rank, world_size=world)
     finally:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _remove_if_empty(made)
 
 
 def _tune_defaults() -> None:
