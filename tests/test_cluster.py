@@ -4,6 +4,7 @@ mid-trial, and a PostgreSQL-backed MLflow server under concurrent trials.
 No mocks: real Ray nodes, a real MLflow server, a real PostgreSQL (Debian's package).
 """
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -176,6 +177,8 @@ def pg_mlflow(tmp_path_factory):
         stop_mlflow(state)
     finally:
         _stop_group(state, "postgres")
+        if (state / "pg_dir").exists():  # as root the database lives under /tmp (docs/tracking.md)
+            shutil.rmtree((state / "pg_dir").read_text().strip(), ignore_errors=True)
 
 
 def test_postgres_backend_concurrent_trials_every_metric_once(pg_mlflow, ray_head, tmp_path):
