@@ -161,6 +161,8 @@ class TwoNodeCluster:
                 pass
         for ns in (self.head.netns, self.worker.netns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        for node in (self.head, self.worker):
+            shutil.rmtree(node.temp_dir, ignore_errors=True)  # the nodes' Ray logs and session files
 
 
 def make_cluster(state: Path) -> TwoNodeCluster:

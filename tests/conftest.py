@@ -31,7 +31,8 @@ needs_torchvision = pytest.mark.skipif(not torchvision_ok(), reason="torchvision
 # ---------------------------------------------------------------------------------------------
 # real servers on 127.0.0.1 (no mocks): an MLflow server and a Ray head, started and stopped here
 # ---------------------------------------------------------------------------------------------
-import socket  # noqa: E402  (kept beside the fixtures that use it)
+import shutil  # noqa: E402  (kept beside the fixtures that use them)
+import socket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,8 @@ def ray_head(tmp_path_factory):
 
     state = tmp_path_factory.mktemp("ray-head")
     port, dash_port = free_port(), free_port()
-    address, dash, _ = start_ray(state, port=port, dashboard_port=dash_port, num_cpus=2,
-                                 temp_dir=f"/tmp/ray-t{port}")
+    address, dash, temp = start_ray(state, port=port, dashboard_port=dash_port, num_cpus=2,
+                                    temp_dir=f"/tmp/ray-t{port}")
     yield {"address": address, "dashboard": dash, "state": state, "env": client_env(state)}
     stop_ray(state)
+    shutil.rmtree(temp, ignore_errors=True)  # the head's logs and session files

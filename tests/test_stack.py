@@ -1,5 +1,6 @@
 """The local stack on a fresh machine: an empty home folder, its own Ray token, own-process stop."""
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def test_stack_on_an_empty_home_then_down_spares_other_clusters(tmp_path, ray_he
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert _pids_naming(f"ray-attnlab-{ports['--ray-port']}") == []
+    shutil.rmtree(f"/tmp/ray-attnlab-{ports['--ray-port']}", ignore_errors=True)  # the head's logs
     assert not _listening_addresses(set(ports.values()))
     # the other Ray cluster (the session's head) is untouched
     st = subprocess.run([str(Path(py).parent / "ray"), "status", f"--address={ray_head['address']}"],
