@@ -107,6 +107,15 @@ def positional_query_map(column: torch.Tensor, row: torch.Tensor, a: int, b: int
     return (r[..., :, None] * c).transpose(-1, -2)  # (N, heads, H, W)
 
 
+def _bn_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the standard contiguous layout for the BN between the steps.  A reduction's
+    output can carry strides that are unusual for its size-1 dimensions (batch 1 and a 1-wide
+    map: e.g. (8, 1, 8, 8) for shape (1, 8, 9, 1)), and PyTorch's CPU batch-norm backward
+    (2.13) returns a wrong input gradient for such a tensor; the output is right.  A copy only
+    when the layout is not already contiguous."""
+    return t.contiguous()
+
+
 @register("gsa", default_slot="replace_conv", default_stages=None, paper="arXiv:2010.03019")
 class GSA(MapsMixin, nn.Module):
     """``(N, C, H, W) -> (N, C, H, W)``: content + axial positional attention (see module doc).
@@ -224,7 +233,7 @@ class GSA(MapsMixin, nn.Module):
         rc = r_col.permute(2, 0, 1).reshape(dk * h, h)  # (dk·H, H)   rows (d, a), columns c
         u = torch.matmul(rc, v.reshape(n * heads * dv, h, w)).view(n, heads, dv, dk, h, w)
         g = (q.unsqueeze(2) * u).sum(3)  # (N, heads, dv, H, W)
-        g = self.norm(g.reshape(n, heads * dv, h, w)).view(n, heads, dv, h, w)
+        g = self.norm(_bn_input(g.reshape(n, heads * dv, h, w))).view(n, heads, dv, h, w)
         # Row step: out[e, a, b] = Σ_d q[d, a, b] · t[e, a, d, b],  t[e, a, d, b] = Σ_c g[e, a, c] r_row[b, c, d]
         rr = r_row.permute(1, 2, 0).reshape(w, dk * w)  # (W, dk·W)   rows c, columns (d, b)
         t = torch.matmul(g.reshape(n * heads * dv * h, w), rr).view(n, heads, dv, h, dk, w)
@@ -238,7 +247,7 @@ class GSA(MapsMixin, nn.Module):
         s_col = torch.einsum("nhdab,acd->nhabc", q, r_col)  # (N, heads, H, W, H)   query (a,b), key row c
         s_col = self._weights(s_col, valid_col[:, None, :])
         g = torch.einsum("nhabc,nhecb->nheab", s_col, v)  # (N, heads, dv, H, W)
-        g = self.norm(g.reshape(n, heads * self.value_dim, h, w)).view(n, heads, self.value_dim, h, w)
+        g = self.norm(_bn_input(g.reshape(n, heads * self.value_dim, h, w))).view(n, heads, self.value_dim, h, w)
         # Row step: along W, the BN'd column output as values, the same queries.
         r_row, valid_row = self._axis(self.rel_row, w, "width")  # (W, W, dk), (W, W)
         s_row = torch.einsum("nhdab,bcd->nhabc", q, r_row)  # (N, heads, H, W, W)   query (a,b), key col c

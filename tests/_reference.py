@@ -6,6 +6,23 @@ from typing import Callable
 
 import torch
 
+#: Non-default parameters worth covering, per stage block; {} = the defaults (the
+#: dead-parameter and the finite-difference tests run every one).
+BLOCK_CONFIGS = {
+    "se": [{}, {"reduction": 4}, {"bias": False, "reduction": 4}],  # 1 hidden unit without bias: a dead ReLU
+    "cbam": [{}, {"reduction": 4, "kernel_size": 3}, {"spatial": False}],
+    "ssa": [{}],
+    "pam": [{}, {"reduction": 4}],
+    "cam": [{}],
+    "danet": [{}, {"reduction": 2}],
+    "nonlocal": [{}, {"subsample": False, "scale": True}, {"inter_channels": 5}],
+    "spa": [{}, {"topk": 3, "topk_ratio": None}, {"topk_ratio": 1.0}, {"reduction": 4}],
+    "gaussian": [{}, {"radius": 0.7, "dense": True}, {"bn": False, "reduction": 4}],
+    "gsa": [{}, {"heads": 2, "rel_length": 3}, {"heads": 3, "positional_softmax": True, "out_proj": True},
+            {"positional": False}, {"heads": 5}, {"heads": 1}],
+    "spatial_weights": [{}, {"hidden": 7, "average_grad": True}],
+}
+
 
 def randomise_bn(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Non-zero random affine and running stats on ``m.bn`` (so the attention path shows), eval."""

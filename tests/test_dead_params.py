@@ -12,26 +12,13 @@ import pytest
 import torch
 
 import blocks
+from _reference import BLOCK_CONFIGS
 
 C = 24
 X_SHAPE = (2, C, 7, 5)  # batch 2 (training-mode BN), odd, non-square
 REL_TOL = 1e-10  # dead: max|grad| < REL_TOL · (largest max|grad| of the block)
 
-# Non-default parameters worth covering, per block; {} = the defaults.
-CONFIGS = {
-    "se": [{}, {"reduction": 4}, {"bias": False, "reduction": 4}],  # 1 hidden unit without bias: a dead ReLU
-    "cbam": [{}, {"reduction": 4, "kernel_size": 3}, {"spatial": False}],
-    "ssa": [{}],
-    "pam": [{}, {"reduction": 4}],
-    "cam": [{}],
-    "danet": [{}, {"reduction": 2}],
-    "nonlocal": [{}, {"subsample": False, "scale": True}, {"inter_channels": 5}],
-    "spa": [{}, {"topk": 3, "topk_ratio": None}, {"topk_ratio": 1.0}, {"reduction": 4}],
-    "gaussian": [{}, {"radius": 0.7, "dense": True}, {"bn": False, "reduction": 4}],
-    "gsa": [{}, {"heads": 2, "rel_length": 3}, {"heads": 3, "positional_softmax": True, "out_proj": True},
-            {"positional": False}, {"heads": 5}],
-    "spatial_weights": [{}, {"hidden": 7, "average_grad": True}],
-}
+CONFIGS = BLOCK_CONFIGS
 
 # (block, parameter) -> the modes in which it is dead by construction, and why.
 ALLOWED = {
