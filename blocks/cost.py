@@ -177,7 +177,7 @@ class _Parser(argparse.ArgumentParser):
     does not share ``pipeline.errors.ArgumentParser``)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n(run {self.prog} --help for usage)\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:

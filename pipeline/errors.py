@@ -77,14 +77,14 @@ def cli_exit(err: BaseException, code: int = 2) -> NoReturn:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` with a one-line error: ``prog: error: what``, then
-    ``(run prog --help for usage)``, exit 2 — the usage block is for ``--help``, not for a typo.
+    """``argparse.ArgumentParser`` with a one-line error, ``prog: error: what (see prog
+    --help)``, exit 2 — the usage block is for ``--help``, not for a typo.
 
     Use it for every CLI of the project so all of them fail the same way.
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {_flat(message)}\n(run {self.prog} --help for usage)\n")
+        self.exit(2, f"{self.prog}: error: {_flat(message)} (see {self.prog} --help)\n")
 
     def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
         if message:

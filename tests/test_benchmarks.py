@@ -82,8 +82,8 @@ def test_train_throughput_full_size_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     r = _run_module("train_throughput", "--size", "full")
-    lines = r.stderr.strip().splitlines()  # the error, then the --help pointer
-    assert r.returncode == 2 and len(lines) == 2 and "CUDA" in lines[0], r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "CUDA" in lines[0], r.stderr
 
 
 @pytest.mark.slow
@@ -217,7 +217,7 @@ def test_gaussian_parts_runs_and_reports_the_ratios():
 @pytest.mark.parametrize("flag", [["--batch", "0"], ["--channels", "4"], ["--hw", "-1"], ["--repeats", "x"]])
 def test_gaussian_parts_bad_flags_are_one_line(flag):
     r = _run_module("gaussian_parts", *flag)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 2, r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr and flag[0] in r.stderr.splitlines()[0]
 
 
@@ -263,11 +263,11 @@ def test_host_augment_runs_and_its_two_forms_agree():
 def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp_path):
     """Out-of-range numbers, unknown names and unusable output paths are refused before a
     benchmark starts (they used to fail minutes later, or never); usage errors are one line
-    plus the --help pointer, not argparse's usage block."""
+    (ending in a --help pointer), not argparse's usage block."""
     r = _run_module(name, *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert needle in lines[0] and lines[1].startswith("(run "), r.stderr
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert needle in lines[0] and lines[0].endswith("--help)"), r.stderr
 
 
 # --- every command line's --help: its description is whole sentences ---------------------------

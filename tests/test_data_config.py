@@ -299,4 +299,4 @@ def test_argument_parser_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         p.parse_args(["--n", "x"])
     assert e.value.code == 2
-    assert capsys.readouterr().err == "tool: error: argument --n: invalid int value: 'x'\n(run tool --help for usage)\n"
+    assert capsys.readouterr().err == "tool: error: argument --n: invalid int value: 'x' (see tool --help)\n"
