@@ -136,8 +136,40 @@ def _spawn(state: Path, name: str, cmd: list[str], env: dict[str, str]) -> subpr
     log = open(state / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True)
-    (state / f"{name}.pid").write_text(str(proc.pid))
+    (state / f"{name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid) or ''}".strip())
     return proc
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat field 22), or None
+    when there is no such process: a pid and its start time name one process for good, a pid
+    alone can be reused by another program after the first one exits."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _recorded_group(state: Path, name: str) -> int | None:
+    """The process group the stack recorded as ``name`` (its leader's pid), or None when there is
+    none or its leader is gone (a stale file: removed, nothing is signalled).  A file that does
+    not hold a process id, or names this process's own group or pid 0/1, is refused in one line:
+    signalling it would hit the caller (``killpg(0)`` is the caller's own group) or init."""
+    pidfile = state / f"{name}.pid"
+    if not pidfile.exists():
+        return None
+    text = pidfile.read_text(errors="replace").strip()
+    parts = text.split()
+    if not (1 <= len(parts) <= 2 and all(x.isdigit() for x in parts)):
+        raise StackError(f"{pidfile}: not a process id ({text[:40]!r}); if the stack is not running, remove it")
+    pgid = int(parts[0])
+    if pgid <= 1 or pgid == os.getpgid(0):
+        raise StackError(f"{pidfile}: process id {pgid} is not one the stack started (it would signal "
+                         f"{'init' if pgid == 1 else 'this command itself'}); if the stack is not running, remove it")
+    if _start_time(pgid) is None or (len(parts) == 2 and _start_time(pgid) != parts[1]):
+        pidfile.unlink(missing_ok=True)  # that process is gone; its pid may belong to another now
+        return None
+    return pgid
 
 
 def _alive(pid: int) -> bool:
@@ -164,9 +196,9 @@ def _group_alive(pgid: int) -> bool:
 def _stop_group(state: Path, name: str, grace: float = 15.0) -> None:
     """SIGTERM the group recorded as ``name``; SIGKILL what is left after ``grace`` seconds."""
     pidfile = state / f"{name}.pid"
-    if not pidfile.exists():
+    pgid = _recorded_group(state, name)
+    if pgid is None:
         return
-    pgid = int(pidfile.read_text())
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -517,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         elif a.action == "env":
             if read_info(state) is None:  # exports without RAY_ADDRESS would send a grid to a local Ray
                 raise StackError(f"no stack in {state}: start it with `python -m infra.stack up --state {state}`")
+            if not healthy(state):  # exports of a dead stack would send a grid to nowhere
+                raise StackError(f"the stack in {state} is not running: start it with "
+                                 f"`python -m infra.stack up --state {state}`")
             for k, v in client_env(state).items():
                 print(f"export {k}={shlex.quote(v)}")
         else:

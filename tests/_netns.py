@@ -145,7 +145,7 @@ class TwoNodeCluster:
     def kill_worker(self) -> None:
         """The worker machine is lost: SIGKILL its whole process group at once."""
         pidfile = self.state / f"{self.worker.name}.pid"
-        pgid = int(pidfile.read_text())
+        pgid = int(pidfile.read_text().split()[0])
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:

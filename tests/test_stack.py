@@ -1,5 +1,7 @@
 """The local stack on a fresh machine: an empty home folder, its own Ray token, own-process stop."""
+import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -126,3 +128,51 @@ def test_stack_bad_flags_are_one_line_and_start_nothing(tmp_path, args, needle):
                        cwd=ROOT, env=dict(os.environ, HOME=str(tmp_path / "home")))
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert afile.read_text() == "keep me" and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("content,needle", [("abc", "not a process id"), ("0", "would signal this command"),
+                                            ("1", "would signal init"), ("", "not a process id")])
+def test_down_refuses_a_pid_file_it_did_not_write(tmp_path, content, needle):
+    """``down`` signals the process groups named in the state folder's pid files: a damaged file
+    is one line, and pid 0 (``killpg(0)`` is the caller's own group) or 1 is never signalled."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "mlflow.pid").write_text(content)
+    # in a session of its own: were the caller's group signalled, the shell would die with it
+    r = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m infra.stack down --state "
+                                      f"{shlex.quote(str(state))}; echo survived $?"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert r.stdout.split() == ["survived", "2"], (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "mlflow.pid" in lines[0], r.stderr
+
+
+def test_down_skips_a_stale_pid_whose_process_is_another(tmp_path):
+    """A pid file whose process has exited, its pid now another program's (same pid, another
+    start time): that program is not signalled, the stale file goes."""
+    state = tmp_path / "state"
+    state.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (state / "mlflow.pid").write_text(f"{other.pid} 1")  # started at tick 1: not this process
+        r = subprocess.run([sys.executable, "-m", "infra.stack", "down", "--state", str(state)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert other.poll() is None  # still running
+        assert not (state / "mlflow.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_env_of_a_stopped_stack_is_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "stack.json").write_text(json.dumps({
+        "state": str(state), "mlflow_url": "http://127.0.0.1:9", "ray_address": "127.0.0.1:9",
+        "dashboard_url": "http://127.0.0.1:9", "mlflow_pid": 999999, "ray_temp_dir": "/nonexistent",
+        "backend_uri": f"sqlite:///{state / 'mlflow.db'}"}))
+    r = subprocess.run([sys.executable, "-m", "infra.stack", "env", "--state", str(state)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not running" in r.stderr and not r.stdout, (r.stdout, r.stderr)
+    assert not (state / "ray_auth_token").exists()
