@@ -71,3 +71,52 @@ def storage_folder(arg: Optional[str]) -> Iterator[str]:
                 folder.rmdir()  # only an empty folder goes
             except OSError:
                 break
+
+
+def _sqlite_file(url: str) -> Optional[Path]:
+    """The file of a ``sqlite:///PATH`` URL (MLflow's tracking store, Optuna's study), else None."""
+    return Path(url[len("sqlite:///"):]).expanduser() if url.startswith("sqlite:///") else None
+
+
+class _Stores:
+    def __init__(self) -> None:
+        self.kept = False
+
+    def keep(self) -> None:
+        """The refusal zone is over (runs exist): whatever happens next, the files stay."""
+        self.kept = True
+
+
+@contextlib.contextmanager
+def new_stores_removed_on_refusal(*urls: str) -> Iterator[_Stores]:
+    """The SQLite files named by ``urls`` that do not exist yet (with the folders made for them)
+    are removed again if the block ends in a refusal — a :class:`ConfigError` or an exit with a
+    non-zero code, e.g. a Ray that cannot be joined or a failed pre-flight after the tracking
+    store or the study was opened — unless ``keep()`` was called on the handle it yields (call
+    it once the first run exists).  Such a file was made by this command and holds nothing
+    else; a file that existed before is never touched."""
+    fresh: list[Path] = []
+    folders: list[Path] = []  # deepest first
+    for path in filter(None, map(_sqlite_file, urls)):
+        path = path.resolve()
+        if not path.exists():
+            fresh.append(path)
+            parent = path.parent
+            while not parent.exists() and parent != parent.parent:
+                folders.append(parent)
+                parent = parent.parent
+    handle = _Stores()
+    try:
+        yield handle
+    except BaseException as e:
+        refused = isinstance(e, ConfigError) or (isinstance(e, SystemExit) and e.code not in (0, None))
+        if refused and not handle.kept:
+            for path in fresh:
+                for suffix in ("", "-journal", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+            for folder in folders:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise

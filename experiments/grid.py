@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_folder
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, new_stores_removed_on_refusal, storage_folder
 from experiments.spec import Grid, Trial, load_spec
 from pipeline.errors import ConfigError, cli_exit
 
@@ -439,18 +439,22 @@ def run(grid: Grid, a: argparse.Namespace, name: str, storage: str) -> int:
 
     try:
         uri = tracking_uri(grid, storage)
-        experiment = (grid.spec.base.get("tracking") or {}).get("experiment") or name
-        check_store(uri)  # one line now, not minutes of client retries or a traceback in every trial
-        check_existing_grid(grid, uri, experiment, name, a.resume)
-        print(f"ray: {connect()}")
-        if a.gpus_per_trial is None:
-            a.gpus_per_trial = 1.0 if cluster_gpus() > 0 else 0.0
-        backends = run_preflight(grid, uri, storage, a)
-        for t in grid.trials:  # the backend `auto` resolved to, the same on every node
-            t.config["data"]["backend"] = backends[_data_key(t.config["data"])]
-        parent_id, trials = attach_runs(grid, uri, experiment, name, a.spec, a.resume)
     except ConfigError as e:
         cli_exit(e)
+    with new_stores_removed_on_refusal(uri):  # a refused grid leaves no tracking database behind
+        try:
+            experiment = (grid.spec.base.get("tracking") or {}).get("experiment") or name
+            check_store(uri)  # one line now, not minutes of client retries or a traceback in every trial
+            check_existing_grid(grid, uri, experiment, name, a.resume)
+            print(f"ray: {connect()}")
+            if a.gpus_per_trial is None:
+                a.gpus_per_trial = 1.0 if cluster_gpus() > 0 else 0.0
+            backends = run_preflight(grid, uri, storage, a)
+            for t in grid.trials:  # the backend `auto` resolved to, the same on every node
+                t.config["data"]["backend"] = backends[_data_key(t.config["data"])]
+            parent_id, trials = attach_runs(grid, uri, experiment, name, a.spec, a.resume)
+        except ConfigError as e:
+            cli_exit(e)
     print(f"grid {name}: {len(trials)} trials; MLflow {uri} experiment {experiment!r} parent run {parent_id}")
     epochs = {c["name"]: c["optim"]["epochs"] for c in trials}
     rows = run_grid(trials, name=name, storage=storage, resume=a.resume, max_concurrent=a.max_concurrent,

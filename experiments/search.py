@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, storage_folder
+from experiments.cli import DEFAULT_STORAGE, check_run_flags, new_stores_removed_on_refusal, storage_folder
 from pipeline.errors import ConfigError, cli_exit
 
 
@@ -180,15 +180,16 @@ def _main(a: Any, stack: contextlib.ExitStack) -> int:
 
         fingerprint = search.fingerprint()
         check_store(uri)  # a malformed or dead tracking URI before the study file is made
+        stores = stack.enter_context(new_stores_removed_on_refusal(uri, url))  # a refused search leaves neither
         open_study(name, url, search, a.resume, fingerprint, check_only=True)  # the study before any run
         check_parent(uri, experiment, name, a.resume)
     except ConfigError as e:
         cli_exit(e)
-    return run(search, a, name, total, storage, url, uri, experiment, fingerprint)
+    return run(search, a, name, total, storage, url, uri, experiment, fingerprint, stores)
 
 
 def run(search: Any, a: Any, name: str, total: int, storage: str, url: str, uri: str, experiment: str,
-        fingerprint: str) -> int:
+        fingerprint: str, stores: Any = None) -> int:
     from pipeline.search import SpaceFn, make_sampler, make_storage, objective_metrics, open_study
     from pipeline.tracking import ensure_parent_run, finish_parent, git_commit, log_parent_artifacts, ui_url
     from pipeline.tune import cluster_gpus, connect, run_search
@@ -206,6 +207,8 @@ def run(search: Any, a: Any, name: str, total: int, storage: str, url: str, uri:
         info = open_study(name, url, search, a.resume, fingerprint)
     except ConfigError as e:
         cli_exit(e)
+    if stores is not None:
+        stores.keep()  # the parent run and the study exist: from here on they stay
     os.environ.setdefault("ATTNLAB_GIT_COMMIT", commit)
     if a.resume:
         close_runs(uri, experiment, parent, [])  # runs an interrupted session left RUNNING

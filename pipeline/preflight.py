@@ -23,10 +23,12 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def ray_address_problem(address: str | None = None) -> str | None:
+def ray_address_problem(address: str | None = None, probe: bool = True, timeout: float = 3.0) -> str | None:
     """What is wrong with ``RAY_ADDRESS`` (or ``address``), the cluster a driver joins, as one
-    line; ``None`` when it is unset or well formed.  Checked before any store or run is made:
-    Ray itself only judges it when it connects (``ray.init``), after the grid's tracking work."""
+    line; ``None`` when it is unset or well formed and (``probe``) something accepts a TCP
+    connection at its host and port.  Checked before any store or run is made: Ray itself only
+    judges it when it connects (``ray.init``), after the grid's tracking work, and against an
+    address where nothing listens it retries for minutes.  ``auto`` is left to ``ray.init``."""
     value = os.environ.get("RAY_ADDRESS") if address is None else address
     if value is None:
         return None
@@ -37,16 +39,30 @@ def ray_address_problem(address: str | None = None) -> str | None:
     if v in ("auto", "local"):
         return None
     if "://" in v:
+        import urllib.parse
+
         from .errors import url_problem
 
         scheme = v.split("://", 1)[0]
         if scheme not in ("ray", "http", "https"):
             return f"RAY_ADDRESS {value!r}: unknown scheme {scheme!r}; give {forms}"
         problem = url_problem(v)
-        return f"RAY_ADDRESS {value!r}: {problem}; give {forms}" if problem else None
-    host, sep, port = v.rpartition(":")
-    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
-        return f"RAY_ADDRESS {value!r}: not an address; give {forms}"
+        if problem:
+            return f"RAY_ADDRESS {value!r}: {problem}; give {forms}"
+        parts = urllib.parse.urlsplit(v)
+        host, port = parts.hostname, parts.port or {"ray": 10001, "http": 80, "https": 443}[scheme]
+    else:
+        host, sep, port_text = v.rpartition(":")
+        if not (sep and host and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            return f"RAY_ADDRESS {value!r}: not an address; give {forms}"
+        port = int(port_text)
+    if probe:
+        try:
+            socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+        except OSError as e:
+            why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e)).lower()
+            return (f"RAY_ADDRESS {value!r}: nothing answers at {host}:{port} ({why}); start the cluster "
+                    f"or correct the address")
     return None
 
 

@@ -11,6 +11,7 @@ is flushed before every checkpoint so a checkpoint never claims metrics the serv
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -22,6 +23,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
 # view. The addresses we print (ui_url) open the training-runs table instead.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+# MLflow logs two INFO lines to stderr whenever it creates or migrates a SQLite store ("Creating
+# initial MLflow database tables...", "Updating database tables"): routine, not for the user.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

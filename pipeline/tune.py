@@ -39,7 +39,13 @@ def connect(num_cpus: Optional[int] = None) -> str:
                 os.environ.get("RAY_AUTH_TOKEN_PATH") or os.environ.get("RAY_AUTH_TOKEN")
                 or (Path.home() / ".ray" / "auth_token").exists()):
             os.environ["RAY_AUTH_MODE"] = "token"  # a token was handed to us: the cluster uses it
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level="WARNING")  # its INFO lines: noise
+        except Exception as e:  # ConnectionError, ValueError, RuntimeError, … by Ray version
+            from .errors import ConfigError
+
+            why = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ConfigError(f"cannot join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}: {why}") from None
         return address
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",

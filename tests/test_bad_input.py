@@ -334,6 +334,9 @@ def test_malformed_tracking_uri_is_one_line(command, uri, needle, tmp_path):
     ("RAY_ADDRESS", "", "RAY_ADDRESS is set but empty"),
     ("RAY_ADDRESS", "127.0.0.1:99999", "not an address"),
     ("RAY_ADDRESS", "tcp://h:1", "unknown scheme 'tcp'"),
+    ("RAY_ADDRESS", "127.0.0.1:1", "nothing answers at 127.0.0.1:1"),  # Ray retried for minutes
+    ("RAY_ADDRESS", "ray://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+    ("RAY_ADDRESS", "http://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
     ("MLFLOW_TRACKING_URI", "", "MLFLOW_TRACKING_URI is set but empty"),
     ("MLFLOW_TRACKING_URI", "sqlite://rel.db", "a SQLite URI is sqlite:///PATH"),
 ])
@@ -508,3 +511,18 @@ def test_tracking_uri_with_a_driver_not_installed_names_the_way_out():
     line = uri_problem("postgresql://u:secret@127.0.0.1:9/db")
     assert "No module named 'psycopg'" in line and "postgresql+psycopg2://" in line and "secret" not in line
     assert uri_problem("databricks") is None and uri_problem("sqlite:////tmp/x.db") is None
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+def test_refused_after_the_stores_were_opened_leaves_no_database(command, tmp_path):
+    """A refusal that comes after the tracking store (and the study) were opened — here Ray
+    cannot be joined: ``auto`` with no cluster on a private Ray temp folder — is one line, and
+    the SQLite files this command made are gone again."""
+    spec = ROOT / "experiments" / "specs" / ("smoke.yaml" if command == "grid" else "search/digits.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"HOME": str(tmp_path / "home"), "RAY_ADDRESS": "auto", "RAY_TMPDIR": str(tmp_path / "raytmp")})
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec),
+                        "--storage", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "cannot join the Ray cluster" in _one_line(r.stderr), r.stdout[-1000:] + r.stderr[-2000:]
+    assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no mlflow.db, no study.db
