@@ -655,13 +655,12 @@ def build_report(uri: str, grid_name: str, parent: Any, kids: list[Any], claims:
 
 
 def _writable(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--out {out}: not writable ({e.strerror or e})") from None
+    """``out`` if this user can make it (or write into it); nothing is created here."""
+    from pipeline.errors import folder_problem
+
+    problem = folder_problem(out, create=False)
+    if problem:
+        raise ConfigError(f"--out {out}: {problem}")
     return out
 
 
@@ -715,6 +714,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         claims, _ = load_claims()
     except ConfigError as e:
         cli_exit(e)
+    out.mkdir(parents=True, exist_ok=True)  # made once every check passed
     res = build_report(uri, a.grid, parent, kids, claims, out, a.metric)
     if not a.no_log:
         log_artifact_dir(uri, parent.info.run_id, out, "report")

@@ -142,10 +142,12 @@ def _span(lo: int, hi: Optional[int]) -> str:
     return f">= {lo:,}" if hi is None else f"{lo:,}..{hi:,}"
 
 
-def folder_problem(path: Path) -> Optional[str]:
+def folder_problem(path: Path, create: bool = True) -> Optional[str]:
     """Create ``path`` (and its parents) if missing; ``None`` when it is then a folder this user
     can write, else why not, as the tail of a one-line error (``"not a folder"``,
-    ``"cannot be created: /x is a file, not a folder"``, ...)."""
+    ``"cannot be created: /x is a file, not a folder"``, ...).  ``create=False`` judges only
+    (the nearest existing folder must be writable), for a check that must leave nothing behind
+    if a later check refuses the command."""
     if path.exists():
         if not path.is_dir():
             return "not a folder"
@@ -157,6 +159,8 @@ def folder_problem(path: Path) -> Optional[str]:
         return f"cannot be created: {existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"cannot be created: {existing} is not writable"
+    if not create:
+        return None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -471,6 +471,19 @@ def _database_problem(uri: str, timeout: float) -> str | None:
     return None
 
 
+def _not_sqlite(db: Path) -> str | None:
+    """Why the existing file ``db`` cannot be a SQLite store (None when it can: an SQLite
+    database, or an empty file SQLite initialises); judged from its header, nothing written."""
+    try:
+        with open(db, "rb") as f:
+            header = f.read(16)
+    except OSError as e:
+        return f"cannot read {db}: {e.strerror or e}"
+    if header and header != b"SQLite format 3\x00":
+        return f"{db} is not an SQLite database (a file of something else)"
+    return None
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise ``ConnectionError`` (one line) unless ``uri`` answers: a server's ``/health``, or a
     local store that exists.  MLflow's client would otherwise retry for minutes."""
@@ -489,8 +502,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise ConnectionError(f"MLflow server {uri} is not reachable: {reason}") from None
     if uri.startswith("sqlite:///"):
-        if not Path(uri[len("sqlite:///"):]).is_file():
-            raise ConnectionError(f"no MLflow database at {uri[len('sqlite:///'):]}")
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise ConnectionError(f"no MLflow database at {db}")
+        problem = _not_sqlite(db)
+        if problem:
+            raise ConnectionError(f"tracking URI {uri}: {problem}")
         return
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     if "://" in uri and not uri.startswith("file://"):
@@ -524,6 +541,9 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         db = Path(uri[len("sqlite:///"):])
         if db.exists() and not db.is_file():
             raise ConfigError(f"tracking URI {uri}: {db} is not a file")
+        problem = _not_sqlite(db) if db.is_file() else None
+        if problem:
+            raise ConfigError(f"tracking URI {uri}: {problem}")
         problem = folder_problem(db.parent)
         if problem:
             raise ConfigError(f"tracking URI {uri}: cannot create the database in {db.parent}: {problem}")

@@ -313,19 +313,25 @@ def test_unreadable_or_empty_config_path_is_one_line(command, path, needle):
     ("http://127.0.0.1:99999", "Port out of range"),
     ("mysql://::::", "ValueError"),
     ("postgresql+psycopg2://u:secret@127.0.0.1:9/db", "cannot connect"),
+    ("sqlite:///{notdb}", "is not an SQLite database"),
 ])
 def test_malformed_tracking_uri_is_one_line(command, uri, needle, tmp_path):
     """What MLflow only judges on first use (a traceback from its store registry or SQLAlchemy)
-    is one line before any store, run or folder is made; a password is not printed."""
+    is one line before any store, run or folder is made; a password is not printed; a file that
+    is not a database is left as it was."""
     from experiments.claims.__main__ import main as claims_main
     from experiments.report import main as report_main
+
+    notdb = tmp_path / "notes.txt"
+    notdb.write_text("not a database")
+    uri = uri.format(notdb=notdb)
 
     main, argv = {"report": (report_main, ["--grid", "g", "--tracking-uri", uri, "--out", str(tmp_path / "o")]),
                   "claims": (claims_main, ["sync", "--tracking-uri", uri])}[command]
     rc, err = _main_exit(main, argv)
     line = _one_line(err)
     assert rc == 2 and needle in line and "secret" not in line, err
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and notdb.read_text() == "not a database"
 
 
 @pytest.mark.parametrize("command", ["grid", "search"])
@@ -339,6 +345,7 @@ def test_malformed_tracking_uri_is_one_line(command, uri, needle, tmp_path):
     ("RAY_ADDRESS", "http://127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
     ("MLFLOW_TRACKING_URI", "", "MLFLOW_TRACKING_URI is set but empty"),
     ("MLFLOW_TRACKING_URI", "sqlite://rel.db", "a SQLite URI is sqlite:///PATH"),
+    ("MLFLOW_TRACKING_URI", "sqlite:////etc/hostname", "is not an SQLite database"),
 ])
 def test_bad_environment_is_one_line_before_any_cluster_work(command, var, value, needle, tmp_path):
     """RAY_ADDRESS and MLFLOW_TRACKING_URI as the drivers read them: judged before a tracking

@@ -135,6 +135,7 @@ def test_report_from_a_real_grid(small_grid, tmp_path):
 def test_report_bad_input_is_one_line_exit_2(mlflow_server, tmp_path):
     r = report("--grid", "no-such-grid", "--tracking-uri", mlflow_server, "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and r.stderr.startswith("error: unknown grid 'no-such-grid'") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # the output folder is made only once every check passed
 
     r = report("--grid", GRID, "--tracking-uri", "http://127.0.0.1:9", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "is not reachable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
@@ -142,7 +143,7 @@ def test_report_bad_input_is_one_line_exit_2(mlflow_server, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     r = report("--grid", GRID, "--tracking-uri", mlflow_server, "--out", str(blocker / "sub"))
-    assert r.returncode == 2 and "not writable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and "cannot be created" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
     r = report("--grid", GRID, "--tracking-uri", f"sqlite:///{tmp_path}/missing.db", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no MLflow database" in r.stderr, r.stderr
