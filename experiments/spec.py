@@ -73,8 +73,8 @@ class Spec(StrictModel):
             return isinstance(x, int) and not isinstance(x, bool)
 
         if is_int(v):
-            if v < 1:
-                raise ValueError(f"a count of seeds must be >= 1, got {v}")
+            if not 1 <= v <= MAX_SEED + 1:
+                raise ValueError(f"a count of seeds must be 1..{MAX_SEED + 1} (seeds 0..{MAX_SEED}), got {v}")
         elif isinstance(v, list):
             if not v or not all(is_int(s) for s in v):
                 raise ValueError(f"expected a non-empty list of integer seeds, got {v!r}")

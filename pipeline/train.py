@@ -357,7 +357,8 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
 
     t = cfg.tracking
     lead = rank == 0
-    tracker = Tracker(t.uri or default_uri(cfg.work_dir), t.experiment) if t.enabled and lead else Tracker(None)
+    uri = t.uri or default_uri(cfg.work_dir)
+    tracking = t.enabled and lead
     try:
         trial = Trial(cfg, rank, world_size)
         if resume_from is not None:
@@ -365,10 +366,12 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
     except BaseException as e:
         # A grid made this trial's run up front: it must not stay RUNNING when the trial cannot
         # even start (a model that does not build, data that is not there).
-        if tracker.enabled and t.run_id:
-            close_run(tracker.uri, t.run_id, "failed",
+        if tracking and t.run_id:
+            close_run(uri, t.run_id, "failed",
                       tags={"attnlab.error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:4000]})
         raise
+    # the store is opened (a default SQLite file created) only once the data and model are built
+    tracker = Tracker(uri, t.experiment) if tracking else Tracker(None)
     name = cfg.tracking.run_name or run_name(cfg)
     ckpt_dir = Path(checkpoint_dir or cfg.checkpoint.dir or Path(cfg.work_dir) / "checkpoints" / name.replace(" ", "_"))
     ckpt_path = ckpt_dir / CKPT_NAME

@@ -533,3 +533,22 @@ def test_refused_after_the_stores_were_opened_leaves_no_database(command, tmp_pa
                        env=env, cwd=tmp_path)
     assert r.returncode == 2 and "cannot join the Ray cluster" in _one_line(r.stderr), r.stdout[-1000:] + r.stderr[-2000:]
     assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no mlflow.db, no study.db
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "is not a PyTorch checkpoint"),
+                                            (b"root:x:0:0:root:/root:/bin/bash\n", "is not a PyTorch checkpoint"),
+                                            (None, "is not a file")])
+def test_train_bad_pretrained_is_one_line_and_makes_no_store(content, needle, tmp_path):
+    """model.pretrained that is empty, not a checkpoint or missing: torch's unpickler traceback
+    before; now one line, exit 2, and the default SQLite store is not created (it was opened
+    before the model was built)."""
+    ckpt = tmp_path / "weights.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "cwd").mkdir()
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--set", f"model.pretrained={ckpt}"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path / "cwd")
+    assert r.returncode == 2 and needle in _one_line(r.stderr), r.stderr[-2000:]
+    assert not (tmp_path / "cwd" / "mlflow.db").exists()

@@ -34,7 +34,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} is not a file")
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling / zip errors of a truncated, empty or foreign file
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"pretrained checkpoint {str(path)!r} is not a PyTorch checkpoint "
+                         f"({type(e).__name__}{': ' + why[:200] if why else ''})") from None
     if isinstance(obj, Mapping):
         for k in STATE_KEYS:
             if isinstance(obj.get(k), Mapping):
