@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+
     tmp = Path(tempfile.mkdtemp(prefix="digits-check-"))
     tracking = "off" if a.no_tracking else a.tracking
     uri = None if tracking == "off" else f"sqlite:///{tmp / 'mlflow.db'}"

@@ -552,3 +552,15 @@ def test_train_bad_pretrained_is_one_line_and_makes_no_store(content, needle, tm
                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path / "cwd")
     assert r.returncode == 2 and needle in _one_line(r.stderr), r.stderr[-2000:]
     assert not (tmp_path / "cwd" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("var,needle", [("ATTNLAB_CACHE", "ATTNLAB_CACHE"), ("XDG_CACHE_HOME", "XDG_CACHE_HOME")])
+def test_cache_folder_variable_naming_a_file_is_one_line(var, needle, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ATTNLAB_CACHE", "XDG_CACHE_HOME")}
+    env.update({"HOME": str(tmp_path / "home"), var: str(afile)})
+    r = subprocess.run([sys.executable, "-m", "pipeline.train"], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 2 and needle in _one_line(r.stderr), r.stderr[-2000:]
+    assert afile.read_text() == "keep"

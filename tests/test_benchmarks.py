@@ -292,3 +292,13 @@ def test_help_describes_the_command_in_whole_sentences(module, capsys):
     squeeze = lambda text: "".join(text.split())  # noqa: E731 (argparse re-wraps, also at hyphens)
     assert squeeze(description) == squeeze(mod.__doc__.split("\n\n")[0]), description
     assert description.rstrip().endswith("."), description
+
+
+def test_digits_check_cuda_without_cuda_is_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    r = _run_module("digits_check", "--device", "cuda", timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "CUDA is not available" in lines[0], r.stderr

@@ -165,9 +165,21 @@ def hash_file_list(root: Path, splits: Sequence[tuple[str, Split]], classes: Seq
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("ATTNLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "attnlab")
-    return Path(base)
+    """The data cache folder: ``$ATTNLAB_CACHE``, else ``$XDG_CACHE_HOME/attnlab``, else
+    ``~/.cache/attnlab``; a ConfigError naming the variable when it cannot be a folder."""
+    from pipeline.errors import ConfigError, folder_problem
+
+    if os.environ.get("ATTNLAB_CACHE"):
+        what, base = "ATTNLAB_CACHE", os.environ["ATTNLAB_CACHE"]
+    elif os.environ.get("XDG_CACHE_HOME"):
+        what, base = "XDG_CACHE_HOME", os.path.join(os.environ["XDG_CACHE_HOME"], "attnlab")
+    else:
+        what, base = "the cache folder", os.path.expanduser("~/.cache/attnlab")
+    path = Path(base).expanduser().absolute()
+    problem = folder_problem(path, create=False)
+    if problem:
+        raise ConfigError(f"{what} {path}: {problem}")
+    return path
 
 
 def cached_fingerprint(key_paths: Sequence[Path], kind: str, compute: Callable[[], str]) -> str:
@@ -185,7 +197,10 @@ def cached_fingerprint(key_paths: Sequence[Path], kind: str, compute: Callable[[
         except OSError:
             return compute()
     key = hashlib.sha256(json.dumps([kind, FINGERPRINT_VERSION, stamp]).encode()).hexdigest()
-    path = _cache_dir() / "fingerprints" / f"{key}.txt"
+    try:
+        path = _cache_dir() / "fingerprints" / f"{key}.txt"
+    except ValueError:  # no usable cache folder: this memo is optional (cache_root() says why)
+        return compute()
     try:
         return path.read_text().strip()
     except OSError:
