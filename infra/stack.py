@@ -522,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')} must be a port number 1..65535, got {getattr(a, flag)}")
     if a.num_cpus is not None and a.num_cpus < 1:
         p.error(f"--num-cpus must be >= 1, got {a.num_cpus}")
+    ports: list[tuple[str, int]] = []
     if a.action == "up":
         ports = [("--mlflow-port", a.mlflow_port), ("--ray-port", a.ray_port), ("--dashboard-port", a.dashboard_port)]
         ports += [("--pg-port", a.pg_port)] if a.backend == "postgres" else []
@@ -532,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     state = state_folder(p, a.state)
     try:
         if a.action == "up":
-            problem = folder_problem(state)
+            problem = folder_problem(state, create=False)
             if problem:
                 raise StackError(f"--state {state}: {problem}")
             if healthy(state):
@@ -540,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"stack already up: MLflow {s['mlflow_url']}  Ray {s['dashboard_url']}; state {state}")
                 return 0
             down(state)  # whatever is left of an earlier stack in this folder
+            for flag, port in ports:  # every port before any server starts or any file is written
+                if not _port_free(port):
+                    raise StackError(f"port {port} on 127.0.0.1 is in use: pass another {flag}")
+            problem = folder_problem(state)
+            if problem:
+                raise StackError(f"--state {state}: {problem}")
             s = up(state, a.mlflow_port, a.ray_port, a.dashboard_port, a.num_cpus, a.backend, a.pg_port)
             print(f"stack up: MLflow {s.mlflow_url}  Ray {s.dashboard_url} (GCS {s.ray_address}); state {state}")
             print(f"clients: eval \"$(python -m infra.stack env --state {shlex.quote(str(state))})\"")

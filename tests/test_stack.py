@@ -72,17 +72,23 @@ def test_stack_on_an_empty_home_then_down_spares_other_clusters(tmp_path, ray_he
     assert st.returncode == 0 and "Active:" in st.stdout, st.stderr[-1000:]
 
 
-def test_stack_refuses_a_port_in_use_in_one_line(tmp_path):
+@pytest.mark.parametrize("flag", ["--mlflow-port", "--ray-port", "--dashboard-port"])
+def test_stack_refuses_a_port_in_use_in_one_line(tmp_path, flag):
+    """Every port is checked before any server starts and before the state folder is made (a
+    busy Ray port was found only after the MLflow server had been spawned)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--state", str(tmp_path / "st"),
-                            f"--mlflow-port={busy}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        others = {f: free_port() for f in ("--mlflow-port", "--ray-port", "--dashboard-port") if f != flag}
+        r = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--state", str(tmp_path / "st" / "nested"),
+                            f"{flag}={busy}", *[f"{f}={v}" for f, v in others.items()]],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and f"port {busy}" in r.stderr and "--mlflow-port" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"port {busy}" in r.stderr and flag in r.stderr, r.stderr
+    assert not (tmp_path / "st").exists()
 
 
 def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free():
