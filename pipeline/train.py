@@ -126,6 +126,14 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def checkpoint_path(cfg: TrialConfig, checkpoint_dir: Optional[Path] = None) -> Path:
+    """Where a trial keeps its checkpoint: ``checkpoint_dir``, else ``checkpoint.dir``, else
+    ``<work_dir>/checkpoints/<run name>``, then ``last.pt``."""
+    name = cfg.tracking.run_name or run_name(cfg)
+    folder = checkpoint_dir or cfg.checkpoint.dir or Path(cfg.work_dir) / "checkpoints" / name.replace(" ", "_")
+    return Path(folder) / CKPT_NAME
+
+
 def run_name(cfg: TrialConfig) -> str:
     """The ablation coordinates, e.g. ``resnet20 spa@s1 k=0.25 seed0``."""
     short = {"topk_ratio": "k", "topk": "topk", "radius": "r", "heads": "h", "reduction": "r"}
@@ -373,8 +381,7 @@ def fit(cfg: TrialConfig, *, reporter: Optional[Reporter] = None, checkpoint_dir
     # the store is opened (a default SQLite file created) only once the data and model are built
     tracker = Tracker(uri, t.experiment) if tracking else Tracker(None)
     name = cfg.tracking.run_name or run_name(cfg)
-    ckpt_dir = Path(checkpoint_dir or cfg.checkpoint.dir or Path(cfg.work_dir) / "checkpoints" / name.replace(" ", "_"))
-    ckpt_path = ckpt_dir / CKPT_NAME
+    ckpt_path = checkpoint_path(cfg, checkpoint_dir)
     info = trial.data_info
     tags = {"git_commit": git_commit(), "dataset_fingerprint": info["fingerprint"], "torch_version": torch.__version__,
             "device": str(trial.device) + (f" ({torch.cuda.get_device_name()})" if trial.device.type == "cuda" else ""),
@@ -523,6 +530,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             problem = folder_problem(Path(folder).resolve()) if folder is not None else None
             if problem:
                 raise ConfigError(f"{what} {Path(folder).resolve()}: {problem}")
+        # a checkpoint already there is another run's: training from scratch would overwrite it
+        # (and, with checkpoint.keep_final off, delete it at the end)
+        ckpt = checkpoint_path(cfg, a.checkpoint_dir)
+        if a.resume is None and ckpt.exists():
+            raise ConfigError(f"{ckpt.resolve()} already exists (an earlier run's checkpoint): add --resume {ckpt} "
+                              f"to continue it, or give another --checkpoint-dir (or move it away)")
         summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after,
                       reporter=EpochPrinter(cfg.optim.epochs))
     except ConfigError as e:

@@ -564,3 +564,19 @@ def test_cache_folder_variable_naming_a_file_is_one_line(var, needle, tmp_path):
                        env=env, cwd=tmp_path)
     assert r.returncode == 2 and needle in _one_line(r.stderr), r.stderr[-2000:]
     assert afile.read_text() == "keep"
+
+
+def test_train_refuses_to_overwrite_an_earlier_checkpoint(tmp_path):
+    """A checkpoint already in the trial's checkpoint folder is an earlier run's: training from
+    scratch would overwrite it (and delete it at the end with keep_final off).  Refused in one
+    line, the file untouched, unless --resume continues it."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "last.pt").write_bytes(b"earlier run")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run([sys.executable, "-m", "pipeline.train", "--checkpoint-dir", str(ck)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "already exists" in _one_line(r.stderr) and "--resume" in r.stderr, r.stderr[-2000:]
+    assert (ck / "last.pt").read_bytes() == b"earlier run"
+    assert not (tmp_path / "mlflow.db").exists()
