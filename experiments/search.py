@@ -61,6 +61,8 @@ def parse_args(argv: Optional[list[str]]) -> Any:
     if a.trials is not None and not 1 <= a.trials <= MAX_TRIALS:
         p.error(f"--trials must be 1..{MAX_TRIALS:,}, got {a.trials:,}")
     check_run_flags(p, a)
+    if a.study_storage is not None and not a.study_storage.strip():
+        p.error("--study-storage '': give a SQLAlchemy URL (leave the flag out for the default)")
     if a.objective is not None:
         objs = [o.strip() for o in a.objective.split(",")]
         if objs not in (["top1"], ["top1", "gmacs"], ["gmacs", "top1"]):

@@ -99,6 +99,13 @@ class DimSpec(StrictModel):
                 raise ValueError("give either choices or a range (low/high), not both")
             if not self.choices:
                 raise ValueError("empty choices: give at least one value")
+            import json
+
+            seen = [json.dumps(c, sort_keys=True, default=str) for c in self.choices]
+            twice = sorted({c for c in seen if seen.count(c) > 1})
+            if twice:
+                raise ValueError(f"choices listed twice: {', '.join(twice)} (each choice once: the sampler "
+                                 f"would weight it double)")
             return self
         if self.step is not None and self.step <= 0:
             raise ValueError(f"step must be > 0, got {self.step}")

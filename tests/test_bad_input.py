@@ -368,6 +368,7 @@ def test_bad_environment_is_one_line_before_any_cluster_work(command, var, value
     ("search", ["--check", "--scheduler", "none", "--grace-period", "2"], "--grace-period applies to"),
     ("search", ["--storage", " "], "--storage ''"),
     ("search", ["--check", "--trials", "1000000000000"], "--trials must be 1..100,000"),
+    ("search", ["--check", "--study-storage", ""], "--study-storage ''"),
 ])
 def test_ignored_or_conflicting_flags_are_refused(command, argv, needle, tmp_path):
     """A flag that would be silently ignored (--json on a real run ran the whole grid), an empty
