@@ -281,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     only = {s.strip() for s in a.only.split(",") if s.strip()} or None
+    if only:
+        labels = [r.label for r in rows_for(blocks.names("stage"))]
+        unmatched = sorted(o for o in only if not any(o in lab for lab in labels))
+        if unmatched:
+            ap.error(f"--only: {', '.join(unmatched)} match(es) no row; rows: {', '.join(labels)}")
     out = []
     for size in sizes:
         c, hw = SIZES[size]

@@ -22,8 +22,8 @@ def check_run_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--name {a.name!r}: a letter or digit, then letters, digits, '_', '.' or '-' (at most 200; "
                 "it names a folder and an MLflow experiment)")
     for flag in ("max_concurrent", "max_failures"):
-        if getattr(a, flag) < 0:
-            p.error(f"--{flag.replace('_', '-')} must be >= 0")
+        if not 0 <= getattr(a, flag) <= 100_000:
+            p.error(f"--{flag.replace('_', '-')} must be 0..100,000, got {getattr(a, flag):,}")
     if a.grace_period is not None and a.grace_period < 1:
         p.error("--grace-period must be >= 1")
     if a.grace_period is not None and a.scheduler != "asha":

@@ -259,8 +259,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     check_run_flags(p, a)
     if a.json and not a.dry_run:
         p.error("--json applies to --dry-run only (a run prints its summary as a table)")
-    if not (0 < a.tflops < float("inf")):
-        p.error("--tflops must be a finite number > 0")
+    if not (1e-3 <= a.tflops <= 1e6):  # a GFLOP/s .. an exaFLOP/s; below, the hours overflow to inf
+        p.error(f"--tflops must be an effective rate of 0.001..1,000,000 TFLOP/s, got {a.tflops:g}")
     return a
 
 

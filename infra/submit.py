@@ -30,12 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import ArgumentParser, cli_exit
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        cli_exit(ValueError("usage: python -m infra.submit [--state DIR] -- COMMAND ..."))
-    cut = argv.index("--")
-    p = ArgumentParser(prog="python -m infra.submit")
+    p = ArgumentParser(prog="python -m infra.submit", usage="python -m infra.submit [--state DIR] "
+                       "[--working-dir DIR] -- COMMAND ...",
+                       description="Submit COMMAND as a Ray job to the local stack (its token and address).")
     p.add_argument("--state", default=None, help=f"state folder (default {DEFAULT_STATE})")
     p.add_argument("--working-dir", default=".")
+    if "--" not in argv:
+        p.parse_args(argv)  # --help, or an unknown flag: the parser's own answer
+        p.error("give the command to run after --")
+    cut = argv.index("--")
     a = p.parse_args(argv[:cut])
     command = argv[cut + 1:]
     state = state_folder(p, a.state)

@@ -162,7 +162,9 @@ def test_data_root_absent_is_not_an_error_for_a_dry_run(tmp_path, capsys):
     ([], "the following arguments are required: --spec"),
     (["--spec", "x.yaml", "--max-trials", "abc"], "argument --max-trials: invalid int value: 'abc'"),
     (["--spec", "x.yaml", "--max-trials", "0"], "--max-trials must be >= 1"),
-    (["--spec", "x.yaml", "--tflops", "inf"], "--tflops must be a finite number > 0"),
+    (["--spec", "x.yaml", "--tflops", "inf"], "--tflops must be an effective rate of 0.001..1,000,000 TFLOP/s, got inf"),
+    (["--spec", "x.yaml", "--tflops", "1e-9"], "--tflops must be an effective rate of 0.001..1,000,000 TFLOP/s, got 1e-09"),
+    (["--spec", "x.yaml", "--max-concurrent", "99999999999999999999"], "--max-concurrent must be 0..100,000, got 99,999,999,999,999,999,999"),
     (["--spec", "x.yaml", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_usage_errors_are_one_line(argv, needle, capsys):

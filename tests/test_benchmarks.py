@@ -244,6 +244,7 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("bf16_error", ["--size", "0x5"], "--size"),
     ("block_speed", ["--threads", "-1"], "--threads"),
     ("block_speed", ["--sizes", ","], "--sizes"),
+    ("block_speed", ["--only", "zzzz"], "--only: zzzz match(es) no row"),
     ("cost_table", ["--repeats", "zero"], "--repeats"),
     ("cost_table", ["--out", "{tmp}"], "is a folder, not a file"),
     ("cost_table", ["--only", ","], "--only"),
