@@ -249,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma list of block names (default: all)")
     ap.add_argument("--no-timing", action="store_true", help="params and GMACs only")
     a = ap.parse_args(argv)
+    names = blocks.names()
+    if a.only:
+        wanted = [s.strip() for s in a.only.split(",") if s.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown or not wanted:  # an empty list would replace the table with an empty one
+            ap.error(f"--only: unknown block(s) {unknown}; valid: {', '.join(names)}" if unknown
+                     else f"--only {a.only!r}: give at least one block")
+        names = [n for n in names if n in wanted]
     out = Path(a.out).expanduser().resolve()
     problem = path_flag_problem(a.out)
     if problem is None and out.exists():  # the table goes into it: it must read as text, now
@@ -260,14 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--out {a.out!r}: {problem}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    names = blocks.names()
-    if a.only:
-        wanted = [s.strip() for s in a.only.split(",") if s.strip()]
-        unknown = sorted(set(wanted) - set(names))
-        if unknown or not wanted:  # an empty list would replace the table with an empty one
-            ap.error(f"--only: unknown block(s) {unknown}; valid: {', '.join(names)}" if unknown
-                     else f"--only {a.only!r}: give at least one block")
-        names = [n for n in names if n in wanted]
     base_macs = count_macs(blocks.build_model(BACKBONE, 1000), (MODEL_INPUT, MODEL_INPUT))
     rows = build_rows(names, not a.no_timing, a.repeats, base_macs)
     cmd = " ".join(["python -m benchmarks.cost_table", *(argv if argv is not None else sys.argv[1:])])

@@ -166,7 +166,10 @@ def main(argv=None) -> int:
     unknown = [n for n in args.only.split(",") if n and n not in LOADERS]
     if unknown or (args.only and not args.only.strip(",")):
         p.error(f"--only {args.only!r}: unknown loader(s) {', '.join(unknown)}; valid: {', '.join(LOADERS)}")
-    for flag, value, check in (("--data", args.data, folder_problem), ("--json", args.json, file_problem)):
+    def data_folder_problem(path: Path):  # judged only: made once every flag passed
+        return folder_problem(path, create=False)
+
+    for flag, value, check in (("--data", args.data, data_folder_problem), ("--json", args.json, file_problem)):
         if value is not None:
             problem = path_flag_problem(value, check)
             if problem:

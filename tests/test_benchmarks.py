@@ -248,6 +248,7 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("cost_table", ["--repeats", "zero"], "--repeats"),
     ("cost_table", ["--out", "{tmp}"], "is a folder, not a file"),
     ("cost_table", ["--only", ","], "--only"),
+    ("cost_table", ["--out", "{tmp}/new/blocks.md", "--only", "zzz"], "--only"),  # --out's folder not made
     ("digits_check", ["--epochs", "0"], "optim.epochs"),
     ("digits_check", ["--target", "nan"], "--target"),
     ("grid_overhead", ["--cpus", "0"], "--cpus"),
@@ -255,6 +256,7 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("host_augment", ["--res", "0"], "--res"),
     ("loaders", ["--only", "nope"], "--only"),
     ("loaders", ["--json", "{tmp}"], "--json"),
+    ("loaders", ["--data", "{tmp}/new", "--json", "{tmp}"], "--json"),  # --data's folder not made
     ("spa_memory", ["--size", "0"], "--size"),
     ("spa_memory", ["--batch", "x"], "--batch"),
     ("train_throughput", ["--threads", "0"], "--threads"),
@@ -269,6 +271,7 @@ def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert needle in lines[0] and lines[0].endswith("--help)"), r.stderr
+    assert not (tmp_path / "new").exists()  # nothing is made for a command that is refused
 
 
 # --- every command line's --help: its description is whole sentences ---------------------------
