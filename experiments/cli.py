@@ -12,6 +12,9 @@ from typing import Iterator, Optional
 from pipeline.config import NAME_PATTERN
 from pipeline.errors import ConfigError, folder_problem
 
+#: URI schemes of ``--storage`` (pyarrow's filesystems, which Tune's storage uses).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
 #: Where Tune keeps trial folders and checkpoints unless ``--storage`` says otherwise.
 DEFAULT_STORAGE = Path("~/attnlab-runs").expanduser()
 
@@ -42,6 +45,12 @@ def storage_path(arg: Optional[str]) -> str:
     can write, created if missing.  ConfigError (one line) otherwise."""
     storage = arg or str(DEFAULT_STORAGE)
     if "://" in storage:
+        scheme, rest = storage.split("://", 1)
+        if scheme.lower() not in STORAGE_SCHEMES:
+            raise ConfigError(f"--storage {storage}: unknown scheme {scheme!r}; give a folder every node sees, or "
+                              f"a URI of {', '.join(s + '://' for s in STORAGE_SCHEMES if s != 'file')}")
+        if not rest.strip("/"):
+            raise ConfigError(f"--storage {storage}: no bucket or path after {scheme}://")
         return storage
     path = Path(storage).expanduser().resolve()
     problem = folder_problem(path)

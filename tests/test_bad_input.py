@@ -583,3 +583,15 @@ def test_train_refuses_to_overwrite_an_earlier_checkpoint(tmp_path):
     assert r.returncode == 2 and "already exists" in _one_line(r.stderr) and "--resume" in r.stderr, r.stderr[-2000:]
     assert (ck / "last.pt").read_bytes() == b"earlier run"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+@pytest.mark.parametrize("storage,needle", [("nosuch://bucket/runs", "unknown scheme 'nosuch'"),
+                                            ("://", "unknown scheme ''"), ("s3://", "no bucket or path")])
+def test_storage_uri_of_unknown_scheme_is_one_line(command, storage, needle, tmp_path):
+    spec = ROOT / "experiments" / "specs" / ("smoke.yaml" if command == "grid" else "search/digits.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec),
+                        "--storage", storage], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and needle in _one_line(r.stderr) and "--storage" in r.stderr, r.stderr[-2000:]
