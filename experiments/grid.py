@@ -352,8 +352,9 @@ def run_preflight(grid: Grid, uri: str, storage: str, a: argparse.Namespace) -> 
     try:
         from pipeline.preflight import node_checks
 
+        pretrained = sorted({t.config["model"].get("pretrained") for t in grid.trials} - {None})
         nodes = run_on_every_node(node_checks, {"data": data, "storage": storage, "marker": marker,
-                                                "tracking_uri": uri})
+                                                "tracking_uri": uri, "pretrained": pretrained})
     finally:
         remove_marker(storage, marker)
     devices = {t.config.get("device", "auto") for t in grid.trials}

@@ -91,11 +91,26 @@ def _health(uri: str, timeout: float = 5.0) -> str | None:
         return f"is not reachable ({getattr(e, 'reason', e)})"
 
 
+def checkpoint_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a PyTorch checkpoint, judged from its first bytes (``torch.save``
+    writes a zip archive; the legacy format is a pickle); None when it can."""
+    if not path.is_file():
+        return "not a file here" if path.exists() else "no such file here"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        return "not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)"
+    return None
+
+
 def node_checks(payload: dict[str, Any]) -> dict[str, Any]:
     """Run on one node: ``{"problems": [...], "backends": {data key: backend}, ...}``.
 
     ``payload``: ``data`` (distinct data configs, keyed), ``storage``, ``marker`` (or None),
-    ``tracking_uri``.
+    ``tracking_uri``, ``pretrained`` (the checkpoints the trials load, if any).
     """
     from .data.ready import check_data_ready, resolve_backend
     from .errors import ConfigError
@@ -111,6 +126,10 @@ def node_checks(payload: dict[str, Any]) -> dict[str, Any]:
             backends[key] = resolve_backend(tree)
         except ConfigError as e:
             problems.append(str(e))
+    for path in payload.get("pretrained", ()):
+        problem = checkpoint_file_problem(Path(path))
+        if problem:
+            problems.append(f"model.pretrained {path}: {problem}")
     storage, marker = payload["storage"], payload.get("marker")
     if marker and not (Path(storage) / marker).exists():
         problems.append(f"storage {storage} is not shared with the driver (its marker file is not visible here): "

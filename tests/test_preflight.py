@@ -68,3 +68,20 @@ def test_problems_name_their_node():
     (p,) = cluster_checks(nodes, tracking_uri="http://h:5000", storage="/s", gpus_per_trial=0, cluster_gpus=0,
                           devices={"cpu"})
     assert p == "node 10.0.0.7 (abcd): data.root /d: not found"
+
+
+def test_node_checks_judge_the_pretrained_checkpoints(tmp_path):
+    """model.pretrained is read where a trial runs: a path missing there, a folder or a file that
+    is not a checkpoint is a pre-flight problem, not a failure of every trial after its run was
+    made."""
+    import torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(1)}, good)
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not weights")
+    paths = [str(good), str(bad), str(tmp_path), str(tmp_path / "missing.pt")]
+    r = node_checks({"data": {}, "storage": str(tmp_path), "marker": None, "tracking_uri": "", "pretrained": paths})
+    assert r["problems"] == [f"model.pretrained {bad}: not a PyTorch checkpoint (neither torch.save's zip archive "
+                             "nor a pickle)", f"model.pretrained {tmp_path}: not a file here",
+                             f"model.pretrained {tmp_path / 'missing.pt'}: no such file here"]
