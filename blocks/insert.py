@@ -127,7 +127,10 @@ def resolve_spec(attention: Any, backbone: str | int) -> AttentionSpec | None:
             raise ValueError(f"attention {kind!r}: stage {s} does not exist in {where} (stages 1..{num_stages})")
         resolved.append(r)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"attention {kind!r}: stage listed twice in {list(stages)}")
+        negative = [f"{s} is stage {r}" for s, r in zip(stages, resolved) if s < 0]
+        counted = f" ({', '.join(negative)} of {num_stages}: negative numbers count from the last stage)" \
+            if negative else ""
+        raise ValueError(f"attention {kind!r}: stage listed twice in {list(stages)}{counted}")
     stages = tuple(sorted(resolved))
 
     slot, every = None, 1
