@@ -122,7 +122,10 @@ def new_stores_removed_on_refusal(*urls: str) -> Iterator[_Stores]:
         if refused and not handle.kept:
             for path in fresh:
                 for suffix in ("", "-journal", "-wal", "-shm"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                    try:
+                        Path(f"{path}{suffix}").unlink(missing_ok=True)
+                    except OSError:  # never made (its folder is a file, unreadable, ...)
+                        pass
             for folder in folders:
                 try:
                     folder.rmdir()

@@ -62,10 +62,20 @@ class Problems:
     def __init__(self, where: "Lines"):
         self.where = where
         self.lines: dict[tuple[str, str], str] = {}
+        self.seen: set[tuple[str, str, str]] = set()
 
     def add(self, path: tuple, text: str) -> None:
+        import re
+
         loc = self.where(*path)
-        self.lines.setdefault((loc, text.split(": ", 1)[0]), f"{loc}: {text}")
+        key, _, reason = text.partition(": ")
+        # the same reason for several values of one list on one line (axes.optim.foo[0] and [1]:
+        # unknown key) is one problem too
+        same = (loc, re.sub(r"\[\d+\]", "[]", key), reason)
+        if same in self.seen:
+            return
+        self.seen.add(same)
+        self.lines.setdefault((loc, key), f"{loc}: {text}")
 
     def __bool__(self) -> bool:
         return bool(self.lines)
