@@ -121,7 +121,8 @@ def test_driver_killed_then_resume(tmp_path, ray_head, mlflow_server):
     history_before = metric_history(mlflow_server, first.info.run_id, "epoch_time")
 
     r = run_grid(spec, tmp_path, env, "--resume")
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    errors = {str(f.relative_to(tmp_path)): f.read_text()[-2000:] for f in (tmp_path / "storage").rglob("error.txt")}
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:], errors)  # with the failed trials' errors
     parents, kids = children(mlflow_server, "resume")
     assert len(parents) == 1 and len(kids) == 3  # still one run per trial
     assert all(k.data.tags["attnlab.status"] == "finished" for k in kids)
