@@ -136,18 +136,11 @@ def _spawn(state: Path, name: str, cmd: list[str], env: dict[str, str]) -> subpr
     log = open(state / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True)
-    (state / f"{name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid) or ''}".strip())
+    from pipeline.data.store import process_start_time
+
+    # a pid and its start time name one process for good; a pid alone can be reused by another
+    (state / f"{name}.pid").write_text(f"{proc.pid} {process_start_time(proc.pid) or ''}".strip())
     return proc
-
-
-def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat field 22), or None
-    when there is no such process: a pid and its start time name one process for good, a pid
-    alone can be reused by another program after the first one exits."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def _recorded_group(state: Path, name: str) -> int | None:
@@ -166,7 +159,10 @@ def _recorded_group(state: Path, name: str) -> int | None:
     if pgid <= 1 or pgid == os.getpgid(0):
         raise StackError(f"{pidfile}: process id {pgid} is not one the stack started (it would signal "
                          f"{'init' if pgid == 1 else 'this command itself'}); if the stack is not running, remove it")
-    if _start_time(pgid) is None or (len(parts) == 2 and _start_time(pgid) != parts[1]):
+    from pipeline.data.store import process_start_time
+
+    started = process_start_time(pgid)
+    if started is None or (len(parts) == 2 and started != parts[1]):
         pidfile.unlink(missing_ok=True)  # that process is gone; its pid may belong to another now
         return None
     return pgid

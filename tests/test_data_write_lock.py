@@ -107,7 +107,7 @@ def test_a_live_writer_is_waited_for(tmp_path, capsys):
         (folder).mkdir()
         (folder / store.LOCK).write_text(json.dumps({
             "pid": holder.pid, "host": socket.gethostname(),
-            "started": store._start_time(holder.pid)}))
+            "started": store.process_start_time(holder.pid)}))
         got = threading.Event()
 
         def take():

@@ -124,7 +124,7 @@ LOCK = ".lock"
 LOCK_POLL_S = 0.5
 
 
-def _start_time(pid: int) -> Optional[str]:
+def process_start_time(pid: int) -> Optional[str]:
     """The process's start time in clock ticks (Linux /proc), to tell a reused pid apart."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -140,7 +140,7 @@ def _alive(pid: int, started: Optional[str]) -> bool:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return started is None or _start_time(pid) in (None, started)
+    return started is None or process_start_time(pid) in (None, started)
 
 
 def _owner(lock: Path) -> Optional[dict]:
@@ -202,7 +202,7 @@ def folder_lock(folder: Path, *, quiet: bool = False) -> Iterator[None]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid())}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start_time(os.getpid())}
     told = False
     while True:
         try:
