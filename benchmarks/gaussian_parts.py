@@ -13,8 +13,8 @@ block's own helpers ``_plus_gemm``, ``_outer_and_project`` and ``_aggregate_y_in
 its docstring), on random tensors:
 
 * projections (the same multiply-adds as the two convs, forward and backward): V = W_v x;
-  z = x + [W' | b'] [y; 1] onto a copy of x (the residual add included); Σ gz [y; 1]ᵀ and
-  W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV onto a copy of gz; dW_v = Σ dV xᵀ;
+  z = x + [W' | b'] [y; 1] (a GEMM, then x added: the residual add included); Σ gz [y; 1]ᵀ and
+  W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV (a GEMM, then gz added); dW_v = Σ dV xᵀ;
 * aggregation: T = V Kwᵀ, y = Kh T; backward dT = Khᵀ dy, dV = dT Kw, and the two kernel
   gradients that reach σ (dKh = Σ dy Tᵀ, dKw = Σ dTᵀ V);
 * BN statistics folded onto y (C' channels): the batch mean k of y from V, the moments of
@@ -80,11 +80,11 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     agg_x, agg_y = b * h * w * w, b * h * h * w  # along x (W-wide), along y (H-wide)
     return [
         Part("projections", "V = W_v x", proj, lambda: torch.bmm(w_v.expand(n, cp, c), x, out=out_cp)),
-        Part("projections", "z = x + W'[y; 1] onto a copy of x", n * c * (cp + 1) * l,
+        Part("projections", "z = x + W'[y; 1], the GEMM then x added", n * c * (cp + 1) * l,
              lambda: _plus_gemm(x, w_aug, ya)),
         Part("projections", "Σ gz [y; 1]ᵀ and W'ᵀ gz, one pass over gz", n * c * (2 * cp + 1) * l,
              lambda: _outer_and_project(ya, gz, w2t)),
-        Part("projections", "dx = gz + W_vᵀ dV onto a copy of gz", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
+        Part("projections", "dx = gz + W_vᵀ dV, the GEMM then gz added", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
         Part("projections", "dW_v = Σ dV xᵀ", proj, lambda: _outer_and_project(v, x)),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
         Part("aggregation", "y − k = Kh T − k, into [y − k; 1]", agg_y, lambda: _aggregate_y_into(ya, kh, t, shift)),

@@ -74,7 +74,7 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
 * BN is folded into the output projection.  u = W_out y is linear in y, so the batch mean and
   variance of u's C channels follow from the mean m and covariance S of y's C' channels:
   μ = W_out m, σ²_c = (W_out S W_outᵀ)_cc; with s = γ/√(σ² + ε) the block is
-  z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM onto a copy of x (with batch statistics
+  z = x + diag(s) W_out y + (β − s ⊙ μ), one GEMM and an add of x (with batch statistics
   written z = x + W' (y − k) + β − s ⊙ W_out (m − k), the same value, k the batch mean of y up
   to rounding: the rows of Kh and Kw sum to 1, so k is V's mean weighted by the kernels'
   column sums, one pass over V; the aggregation's GEMM writes y − k, and one small GEMM of
@@ -84,13 +84,12 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
 * σ's kernels are built inside the function, outside autograd; d log σ comes from dKh and
   dKw in closed form (the softmax backward times ∂logits/∂log σ = D²/σ²).
 * The backward is written out (the chain rule through m, S, μ, σ², s, also in the function's
-  comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz (no separate gradient
+  comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM and an add of gz (no separate gradient
   accumulation pass), dL/d(W', b') one GEMM against [y; 1].
 * Saved for backward: x (the caller's), V, T = V Kwᵀ and [y − k; 1] (C' or C'+1 channels each).
 * On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
   one sample at least), so that a chunk is still in the cache for the second pass over it (the
-  copy of x under the GEMM that adds onto it; in backward the two GEMMs that read gz, and gz's
-  copy under dL/dx); elsewhere they are batched GEMMs over the whole batch (one launch each).
+  add of x onto the GEMM's output, of gz onto dL/dx's; the two GEMMs that read gz); elsewhere they are batched GEMMs over the whole batch (one launch each).
   For a square map Kw is Kh.
 Running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum`` or
 the cumulative average).  Tests compare it with ``forward_reference`` and the dense map in
@@ -239,12 +238,10 @@ class GaussianAttention(MapsMixin, nn.Module):
         if self._capture:
             self._kernels(h, w, x.dtype, n)
             self._keep("sigma", self.sigma)
-        w_v = self.value.weight.flatten(1)  # (C', C)
-        w_out = self.out.weight.flatten(1)  # (C, C')
+        w_v, w_out = self.value.weight, self.out.weight  # (C', C, 1, 1), (C, C', 1, 1)
         if isinstance(bn, nn.Identity):
-            z = _SeparableBlock.apply(x.flatten(2), w_v, self.log_sigma, w_out, None, None, None, None, None,
-                                      0.0, h, self.threshold)
-            return z.view(n, c, h, w)
+            return _SeparableBlock.apply(x, w_v, self.log_sigma, w_out, None, None, None, None, None, 0.0, h,
+                                         self.threshold)
         batch_stats = bn.training or bn.running_mean is None
         if batch_stats and n * h * w <= 1:
             raise ValueError(
@@ -254,10 +251,8 @@ class GaussianAttention(MapsMixin, nn.Module):
         if bn.training and bn.track_running_stats:  # as nn.BatchNorm2d
             bn.num_batches_tracked.add_(1)
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        z = _SeparableBlock.apply(x.flatten(2), w_v, self.log_sigma, w_out, bn.weight, bn.bias,
-                                  bn.running_mean, bn.running_var, momentum if batch_stats else None,
-                                  bn.eps, h, self.threshold)
-        return z.view(n, c, h, w)
+        return _SeparableBlock.apply(x, w_v, self.log_sigma, w_out, bn.weight, bn.bias, bn.running_mean,
+                                     bn.running_var, momentum if batch_stats else None, bn.eps, h, self.threshold)
 
 
 def _log_sigma_grad(k: torch.Tensor, g_k: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -292,32 +287,34 @@ def _aggregate_y_into(ya: torch.Tensor, kh: torch.Tensor, t: torch.Tensor, shift
     """y − k = Kh T − k written into the first C' channels of ya (k = ``shift`` per channel, or 0):
     (N, C'+1, L) <- (H, H) · (N·C', H, W), (C',).
 
-    On a CPU straight into ya, a sample at a time (no copy, the shift as the GEMM's initial
-    value); elsewhere one batched GEMM (one launch) and a copy.
+    On a CPU straight into ya, a sample at a time (no copy; the shift is subtracted while the
+    sample is in the cache); elsewhere one batched GEMM (one launch) and a copy.
     """
     n, cp1, l = ya.shape
     b, h, w = t.shape
     cp = cp1 - 1
     if t.device.type == "cpu":
         khe = kh.expand(cp, h, h)
-        base = None if shift is None else shift.neg().view(cp, 1, 1).expand(cp, h, w)
         for i in range(n):
-            out = ya[i, :cp].view(cp, h, w)
-            if base is None:
-                torch.bmm(khe, t[i * cp:(i + 1) * cp], out=out)
-            else:
-                torch.baddbmm(base, khe, t[i * cp:(i + 1) * cp], out=out)
+            out = ya[i, :cp].view(cp, h, w)  # (C', H, W)
+            torch.bmm(khe, t[i * cp:(i + 1) * cp], out=out)
+            if shift is not None:
+                out.sub_(shift.view(cp, 1, 1))
     else:
         y = torch.bmm(kh.expand(b, h, h), t).view(n, cp, l)
         ya[:, :cp] = y if shift is None else y - shift.view(1, cp, 1)
 
 
 def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L)."""
+    """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L).
+
+    A chunk at a time: the GEMM writes the chunk (no read of its output), then base is added
+    onto it while it is in the cache.
+    """
     out = torch.empty_like(base)  # (N, C, L)
-    for sl in _batch_chunks(base):  # a copy of the chunk of base, then a GEMM adding onto it in the cache
-        k = base[sl].shape[0]
-        torch.baddbmm(base[sl], w.expand(k, *w.shape), rhs[sl], out=out[sl])
+    for sl in reversed(_batch_chunks(base)):  # last chunk first: the one most recently read
+        torch.bmm(w.expand(base[sl].shape[0], *w.shape), rhs[sl], out=out[sl])
+        out[sl].add_(base[sl])
     return out
 
 
@@ -342,7 +339,8 @@ def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None 
 class _SeparableBlock(torch.autograd.Function):
     """z = x + BN(W_out · Kh V Kwᵀ),  V = W_v x  — the whole block in one forward and one backward.
 
-    Inputs: x (N, C, L) with L = H·W row-major; W_v (C', C); log σ (0-d); W_out (C, C');
+    Inputs: x (N, C, H, W), or (N, C, L) with L = H·W row-major; W_v (C', C, 1, 1) or (C', C);
+    log σ (0-d); W_out (C, C', 1, 1) or (C, C') — z and the gradients take their inputs' shapes;
     γ, β (C) or None (no BN); running mean and variance (C) or None; ``momentum``: None to
     normalise with the running statistics (when given), else batch statistics, which also
     update the running ones in place with this factor (as ``nn.BatchNorm2d``); ε; H; the
@@ -356,18 +354,22 @@ class _SeparableBlock(torch.autograd.Function):
     follow from y's (C' channels instead of C): μ = W_out m and σ²_c = (W_out S W_outᵀ)_cc with
     m, S the mean and biased covariance of y over (N, L).  With s = γ / √(σ² + ε),
     BN(u) = W' y + b', W' = diag(s) W_out, b' = β − s ⊙ μ, so z = x + [W' | b'] · [y; 1] is one
-    GEMM onto a copy of x: u and BN's output never exist.  With batch statistics [y; 1] is
+    GEMM and an add of x: u and BN's output never exist.  With batch statistics [y; 1] is
     stored as [y − k; 1] (k: m up to rounding, see the comments) and b' as
     β − s ⊙ W_out (m − k).  The backward is the exact gradient of that composition (BN's
     statistics included, derived in the comments below): dL/dW' and dL/db' come out of one
-    GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM onto a copy of gz.  Saved for
+    GEMM against [y; 1], dL/dx = gz + W_vᵀ dL/dV is one GEMM and an add of gz.  Saved for
     backward: V, T = V Kwᵀ and [y − k; 1] (width C' or C'+1 each), not the width-C tensors.
     """
 
     @staticmethod
     def forward(ctx, x, w_v, log_sigma, w_out, gamma, beta, run_mean, run_var, momentum, eps: float, h: int,
                 threshold: float):
-        n, c, l = x.shape
+        ctx.shapes = x.shape, w_v.shape, w_out.shape  # the gradients' shapes; z has x's
+        n, c = x.shape[:2]
+        x = x.reshape(n, c, -1)  # (N, C, L)   a view unless x is not contiguous
+        w_v, w_out = w_v.reshape(w_v.shape[0], c), w_out.reshape(c, -1)  # (C', C), (C, C')
+        l = x.shape[2]
         cp = w_v.shape[0]
         w = l // h
         b = n * cp
@@ -416,7 +418,7 @@ class _SeparableBlock(torch.autograd.Function):
         ctx.save_for_backward(x, w_v, log_sigma, sigma, kh, kw, w_out, gamma, v, t, ya, w_aug, s, invstd, mean,
                               y_mean, shift, cov)
         ctx.batch_stats = batch_stats
-        return z
+        return z.view(ctx.shapes[0])
 
     @staticmethod
     def backward(ctx, gz):
@@ -425,7 +427,7 @@ class _SeparableBlock(torch.autograd.Function):
         n, c, l = x.shape
         cp = w_v.shape[0]
         b, h, w = t.shape
-        gz = gz.contiguous()
+        gz = gz.reshape(n, c, l).contiguous()  # (N, C, L)
         # z = x + W_aug ya:  dW_aug = Σ_n gz_n ya_nᵀ  (its last column is dL/db' = Σ gz),  dy = W'ᵀ gz
         w2t = w_aug[:, :cp].t()  # (C', C)   W'ᵀ
         g_aug_t, gy = _outer_and_project(ya, gz, w2t)  # (C'+1, C) = dW_augᵀ, (N, C', L)
@@ -465,7 +467,7 @@ class _SeparableBlock(torch.autograd.Function):
         g_t = torch.bmm(kh.t().expand(b, h, h), gyb)  # (B, H, W)
         g_kw = torch.mm(g_t.view(b * h, w).t(), v.view(b * h, w)) if need_sigma else None  # (W, W)
         g_v = torch.mm(g_t.view(b * h, w), kw).view(n, cp, l)  # (N, C', L)
-        # V = W_v x:  dx = gz + W_vᵀ dV (a GEMM onto a copy of gz),  dW_v = Σ dV xᵀ
+        # V = W_v x:  dx = gz + W_vᵀ dV (a GEMM, then gz added),  dW_v = Σ dV xᵀ
         g_x = _plus_gemm(gz, w_v.t(), g_v) if need_x else None  # (N, C, L)
         g_wv = _outer_and_project(g_v, x)[0] if need_wv else None  # (C', C)
         g_log_sigma = None
@@ -476,4 +478,7 @@ class _SeparableBlock(torch.autograd.Function):
                 g_log_sigma = _log_sigma_grad(kh, g_kh, sigma) + _log_sigma_grad(kw, g_kw, sigma)
             inside = log_sigma.abs() <= LOG_SIGMA_LIMIT
             g_log_sigma = torch.where(inside, g_log_sigma, 0.0).to(log_sigma.dtype)
-        return (g_x, g_wv, g_log_sigma, g_wout, g_gamma, g_beta) + (None,) * 6
+        x_shape, wv_shape, wout_shape = ctx.shapes
+        g_x = None if g_x is None else g_x.view(x_shape)
+        g_wv = None if g_wv is None else g_wv.view(wv_shape)
+        return (g_x, g_wv, g_log_sigma, g_wout.view(wout_shape), g_gamma, g_beta) + (None,) * 6
