@@ -136,10 +136,10 @@ def _spawn(state: Path, name: str, cmd: list[str], env: dict[str, str]) -> subpr
     log = open(state / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True)
-    from pipeline.data.store import process_start_time
+    from pipeline.procs import start_time
 
     # a pid and its start time name one process for good; a pid alone can be reused by another
-    (state / f"{name}.pid").write_text(f"{proc.pid} {process_start_time(proc.pid) or ''}".strip())
+    (state / f"{name}.pid").write_text(f"{proc.pid} {start_time(proc.pid) or ''}".strip())
     return proc
 
 
@@ -159,26 +159,12 @@ def _recorded_group(state: Path, name: str) -> int | None:
     if pgid <= 1 or pgid == os.getpgid(0):
         raise StackError(f"{pidfile}: process id {pgid} is not one the stack started (it would signal "
                          f"{'init' if pgid == 1 else 'this command itself'}); if the stack is not running, remove it")
-    from pipeline.data.store import process_start_time
+    from pipeline.procs import pid_alive
 
-    started = process_start_time(pgid)
-    if started is None or (len(parts) == 2 and started != parts[1]):
+    if not pid_alive(pgid, parts[1] if len(parts) == 2 else None):
         pidfile.unlink(missing_ok=True)  # that process is gone; its pid may belong to another now
         return None
     return pgid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _group_alive(pgid: int) -> bool:

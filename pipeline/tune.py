@@ -22,6 +22,7 @@ import ray
 from ray import tune
 
 from .config import validate_trial
+from .procs import pid_alive
 from .train import CKPT_NAME, fit
 
 
@@ -114,23 +115,13 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 STAGING_PREFIX = "attnlab-ckpt-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def orphaned_staging(folder: Optional[Path] = None) -> list[Path]:
     """The checkpoint folders (``STAGING_PREFIX``) in ``folder`` (default: the temp folder)
     whose process is gone."""
     out = []
     for path in Path(folder or tempfile.gettempdir()).glob(STAGING_PREFIX + "*"):
         pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             out.append(path)
     return out
 

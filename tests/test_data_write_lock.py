@@ -19,6 +19,7 @@ import pytest
 
 from _data_makers import make_imagefolder
 from pipeline.data import store
+from pipeline.procs import start_time
 from pipeline.data.__main__ import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +108,7 @@ def test_a_live_writer_is_waited_for(tmp_path, capsys):
         (folder).mkdir()
         (folder / store.LOCK).write_text(json.dumps({
             "pid": holder.pid, "host": socket.gethostname(),
-            "started": store.process_start_time(holder.pid)}))
+            "started": start_time(holder.pid)}))
         got = threading.Event()
 
         def take():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from pipeline.errors import ConfigError
+from pipeline.procs import pid_alive, start_time
 
 MANIFEST = "manifest.json"
 FORMAT = "attnlab-beton"
@@ -124,25 +125,6 @@ LOCK = ".lock"
 LOCK_POLL_S = 0.5
 
 
-def process_start_time(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks (Linux /proc), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, started: Optional[str]) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return started is None or process_start_time(pid) in (None, started)
-
-
 def _owner(lock: Path) -> Optional[dict]:
     try:
         owner = json.loads(lock.read_text())
@@ -157,7 +139,7 @@ def _stale(lock: Path, owner: dict) -> bool:
     """A lock whose writer is gone: its pid is dead on this host (or reused), or it is an
     unreadable file older than a minute (a writer killed between create and write)."""
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        return not _alive(owner["pid"], owner.get("started"))
+        return not pid_alive(owner["pid"], owner.get("started"))
     if not owner:
         try:
             return time.time() - lock.stat().st_mtime > 60
@@ -202,7 +184,7 @@ def folder_lock(folder: Path, *, quiet: bool = False) -> Iterator[None]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start_time(os.getpid())}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": start_time(os.getpid())}
     told = False
     while True:
         try:
