@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 from pipeline.config import NAME_PATTERN
 from pipeline.errors import ConfigError, folder_problem
+from pipeline.uris import sqlite_path
 
 #: URI schemes of ``--storage`` (pyarrow's filesystems, which Tune's storage uses).
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
@@ -82,11 +83,6 @@ def storage_folder(arg: Optional[str]) -> Iterator[str]:
                 break
 
 
-def _sqlite_file(url: str) -> Optional[Path]:
-    """The file of a ``sqlite:///PATH`` URL (MLflow's tracking store, Optuna's study), else None."""
-    return Path(url[len("sqlite:///"):]).expanduser() if url.startswith("sqlite:///") else None
-
-
 class _Stores:
     def __init__(self) -> None:
         self.kept = False
@@ -106,7 +102,7 @@ def new_stores_removed_on_refusal(*urls: str) -> Iterator[_Stores]:
     else; a file that existed before is never touched."""
     fresh: list[Path] = []
     folders: list[Path] = []  # deepest first
-    for path in filter(None, map(_sqlite_file, urls)):
+    for path in filter(None, map(sqlite_path, urls)):
         path = path.resolve()
         if not path.exists():
             fresh.append(path)

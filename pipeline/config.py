@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import catalog
+from .uris import SQLITE, pinned_sqlite
 
 __all__ = ["StrictModel", "SyntheticSpec", "DataConfig", "ModelConfig", "OptimConfig", "CheckpointConfig",
            "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial",
@@ -364,8 +365,8 @@ class TrackingConfig(StrictModel):
     @classmethod
     def _absolute_file_uri(cls, v):
         # A relative sqlite/file path would move with Ray's working directory: pin it now.
-        if isinstance(v, str) and v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
-            return "sqlite:///" + str(Path(v[len("sqlite:///"):]).expanduser().resolve())
+        if isinstance(v, str) and v.startswith(SQLITE):
+            return pinned_sqlite(v)
         if isinstance(v, str) and "://" not in v and v.strip():
             return str(Path(v).expanduser().resolve())
         return v

@@ -43,6 +43,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, validation_problems
 from .errors import ConfigError, folder_problem
+from .uris import sqlite_path
 from .yamlio import Lines, Problems, load_file
 
 __all__ = ["SamplerSpec", "SearchSpec", "Dim", "Search", "SpaceFn", "load_search", "search_from_tree",
@@ -430,8 +431,9 @@ def make_sampler(s: SamplerSpec) -> Any:
 
 def make_storage(url: str) -> Any:
     """Optuna's RDB storage on any SQLAlchemy URL (``sqlite:///file``, ``postgresql://...``)."""
-    if url.startswith("sqlite:///"):
-        folder = Path(url[len("sqlite:///"):]).parent
+    db = sqlite_path(url)
+    if db is not None:
+        folder = db.parent
         problem = folder_problem(folder)
         if problem:
             raise ConfigError(f"--study-storage {url}: cannot create its folder {folder}: {problem}")

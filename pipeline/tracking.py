@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from .uris import pinned_sqlite, sqlite_path
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
 # view. The addresses we print (ui_url) open the training-runs table instead.
@@ -60,7 +62,7 @@ def grid_tracking_uri(base: Mapping[str, Any], storage: str) -> str:
                           "folder) or give the tracking URI")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (base.get("tracking") or {}).get("uri")
     if uri:
-        return uri
+        return pinned_sqlite(uri)  # trials run in other working directories
     if "://" in storage:
         raise ConfigError("set MLFLOW_TRACKING_URI (or base.tracking.uri): a cloud storage has no local SQLite")
     Path(storage).mkdir(parents=True, exist_ok=True)
@@ -94,10 +96,8 @@ def artifact_location(uri: str | None, experiment: str) -> str | None:
     MLflow's default for a SQLite store is ``./mlruns`` relative to the current directory,
     which moves with Ray's per-trial working directory.
     """
-    if uri and uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
-    return None
+    db = sqlite_path(uri) if uri else None
+    return None if db is None else (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -120,8 +120,9 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str = "attnlab"):
         self.enabled = uri is not None
-        if uri and uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_path(uri) if uri else None
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.experiment = experiment
         self.run_id: str | None = None
@@ -501,8 +502,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         except (OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise ConnectionError(f"MLflow server {uri} is not reachable: {reason}") from None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         if not db.is_file():
             raise ConnectionError(f"no MLflow database at {db}")
         problem = _not_sqlite(db)
@@ -537,8 +538,8 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         except ConnectionError as e:
             raise ConfigError(str(e)) from None
         return
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
         if db.exists() and not db.is_file():
             raise ConfigError(f"tracking URI {uri}: {db} is not a file")
         problem = _not_sqlite(db) if db.is_file() else None
@@ -566,10 +567,10 @@ def check_runs(uri: str, **run_ids: str | None) -> None:
     given = {key: rid for key, rid in run_ids.items() if rid}
     if not given:
         return
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
         key, rid = next(iter(given.items()))
-        raise ConfigError(f"tracking.{key} {rid!r}: no such run (the tracking database "
-                          f"{uri[len('sqlite:///'):]} does not exist)")
+        raise ConfigError(f"tracking.{key} {rid!r}: no such run (the tracking database {db} does not exist)")
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)

@@ -1,0 +1,40 @@
+"""pipeline.uris: the file a SQLite URL names, and the URL pinned to an absolute path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.uris import pinned_sqlite, sqlite_path
+
+
+@pytest.mark.parametrize("url, path", [
+    ("sqlite:///runs/mlflow.db", Path("runs/mlflow.db")),
+    ("sqlite:////abs/mlflow.db", Path("/abs/mlflow.db")),
+    ("sqlite:///study.db?timeout=30", Path("study.db")),
+    ("http://127.0.0.1:5000", None),
+    ("postgresql://u@h/db", None),
+    ("sqlite://", None),
+])
+def test_sqlite_path(url, path):
+    assert sqlite_path(url) == path
+
+
+def test_pinned_sqlite_is_absolute_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pinned_sqlite("sqlite:///a/b.db") == f"sqlite:///{tmp_path.resolve()}/a/b.db"
+    assert pinned_sqlite("sqlite:///~/s.db?timeout=5") == f"sqlite:///{(tmp_path / 'home').resolve()}/s.db?timeout=5"
+    assert pinned_sqlite("sqlite:////x/y.db") == "sqlite:////x/y.db"
+    for other in ("http://h:5000", "postgresql://u@h/db", "databricks"):
+        assert pinned_sqlite(other) == other
+
+
+def test_grid_tracking_uri_pins_a_relative_sqlite_environment_uri(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI=sqlite:///runs.db is the driver's file: trials run in other working
+    directories, so the grid hands them the absolute path."""
+    from pipeline.tracking import grid_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs.db")
+    assert grid_tracking_uri({}, str(tmp_path / "storage")) == f"sqlite:///{tmp_path.resolve()}/runs.db"
