@@ -89,7 +89,9 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
 * Saved for backward: x (the caller's), V, T = V Kwᵀ and [y − k; 1] (C' or C'+1 channels each).
 * On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
   one sample at least), so that a chunk is still in the cache for the second pass over it (the
-  add of x onto the GEMM's output, of gz onto dL/dx's; the two GEMMs that read gz); elsewhere they are batched GEMMs over the whole batch (one launch each).
+  add of x onto the GEMM's output, of gz onto dL/dx's), and the two GEMMs that read gz on
+  blocks of columns of one sample (``CPU_BLOCK_BYTES``), so that the second reads the block
+  from the L2 cache; elsewhere they are batched GEMMs over the whole batch (one launch each).
   For a square map Kw is Kh.
 Running statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance, ``momentum`` or
 the cumulative average).  Tests compare it with ``forward_reference`` and the dense map in
@@ -273,6 +275,9 @@ def _log_sigma_grad(k: torch.Tensor, g_k: torch.Tensor, sigma: torch.Tensor) -> 
 #: On a CPU, GEMMs over width-C tensors run on chunks of the batch of about this many bytes, so
 #: that a chunk is still in the cache for the second pass over it (see the module docstring).
 CPU_CHUNK_BYTES = 4 * 2**20
+#: On a CPU the two GEMMs that read dL/dz run on blocks of columns of one sample of at most this
+#: many bytes, so that the second reads the block from the L2 cache.
+CPU_BLOCK_BYTES = 2**20
 
 
 def _batch_chunks(t: torch.Tensor) -> list[slice]:
@@ -319,20 +324,29 @@ def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.
 
 
 def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None = None):
-    """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g, a chunk of the
-    batch at a time on a CPU so the second read of the chunk comes from the cache.
+    """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g.
 
     a (N, K, L), g (N, C, L), p (P, C) -> (K, C), (N, P, L) or None.
+
+    On a CPU with ``p``, a block of columns of one sample at a time (``CPU_BLOCK_BYTES`` of g at
+    most), so that the second GEMM reads the block from the L2 cache; elsewhere, or with one
+    read of g, batched GEMMs (one launch each).
     """
-    if p is None:  # one read of g: no chunks needed
-        return torch.bmm(a, g.transpose(1, 2)).sum(0), None  # (K, C)
-    n, l = g.shape[0], g.shape[2]
-    outer = None
+    outer = torch.bmm(a, g.transpose(1, 2)).sum(0) if p is None or g.device.type != "cpu" else None  # (K, C)
+    if p is None:
+        return outer, None
+    n, c, l = g.shape
+    if outer is not None:
+        return outer, torch.bmm(p.expand(n, *p.shape), g)  # (N, P, L)
+    outer = g.new_zeros(a.shape[1], c)  # (K, C)
     proj = g.new_empty(n, p.shape[0], l)  # (N, P, L)
-    for sl in _batch_chunks(g):
-        part = torch.bmm(a[sl], g[sl].transpose(1, 2)).sum(0)  # (K, C)
-        outer = part if outer is None else outer.add_(part)
-        torch.bmm(p.expand(g[sl].shape[0], *p.shape), g[sl], out=proj[sl])
+    blocks = -(-c * l * g.element_size() // CPU_BLOCK_BYTES)  # ceil: blocks per sample
+    step = -(-l // blocks)  # columns per block
+    for i in range(n):
+        for j in range(0, l, step):
+            block = g[i, :, j:j + step]  # (C, ≤ step)
+            torch.addmm(outer, a[i, :, j:j + step], block.t(), out=outer)  # out=: counted by FLOP counters
+            torch.mm(p, block, out=proj[i, :, j:j + step])
     return outer, proj
 
 

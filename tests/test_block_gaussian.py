@@ -109,7 +109,7 @@ def test_separable_equals_dense_values_and_grads(sigma, hw):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("chunk", ["whole batch", "one sample"])
+@pytest.mark.parametrize("chunk", ["whole batch", "one sample", "one column"])
 @pytest.mark.parametrize("bn", [True, False])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 6, 1, 7), (1, 6, 9, 4), (2, 6, 7, 1), (3, 6, 5, 5)])
@@ -117,11 +117,13 @@ def test_fused_path_equals_autograd_reference(shape, train, bn, chunk, monkeypat
     """forward (one autograd Function, BN folded into the output GEMM) == forward_reference
     (value conv, aggregation, nn.BatchNorm2d, add through autograd): same kernels, so equal to
     float64 rounding — outputs, every gradient, running statistics, two steps, momentum None.
-    With the CPU's batch chunks of one sample (as at large maps) and of the whole batch; a
-    square map (one kernel for both axes) and non-square ones."""
+    With the CPU's batch chunks of one sample (as at large maps) and of the whole batch, and
+    its column blocks of dL/dz of one column and of a whole sample; a square map (one kernel for
+    both axes) and non-square ones."""
     import blocks.gaussian as gaussian
 
-    monkeypatch.setattr(gaussian, "CPU_CHUNK_BYTES", 1 if chunk == "one sample" else 2**40)
+    monkeypatch.setattr(gaussian, "CPU_CHUNK_BYTES", 2**40 if chunk == "whole batch" else 1)
+    monkeypatch.setattr(gaussian, "CPU_BLOCK_BYTES", 1 if chunk == "one column" else 2**40)
     torch.manual_seed(8)
     m = _random_block(1.5, bn=bn).train(train)
     if bn:
