@@ -280,11 +280,13 @@ CPU_CHUNK_BYTES = 4 * 2**20
 CPU_BLOCK_BYTES = 2**20
 
 
-def _batch_chunks(t: torch.Tensor) -> list[slice]:
+def _batch_chunks(t: torch.Tensor, limit: int | None = None) -> list[slice]:
     """Slices of t's batch (dim 0): the whole batch on an accelerator (one kernel launch), chunks
-    of about ``CPU_CHUNK_BYTES`` (at least one sample) on a CPU."""
+    of about ``limit`` bytes (default ``CPU_CHUNK_BYTES``; at least one sample) on a CPU."""
     n = t.shape[0]
-    per = max(1, CPU_CHUNK_BYTES // max(1, t[0].numel() * t.element_size())) if t.device.type == "cpu" else n
+    if t.device.type != "cpu":
+        return [slice(0, n)]
+    per = max(1, (limit or CPU_CHUNK_BYTES) // max(1, t[0].numel() * t.element_size()))
     return [slice(i, min(i + per, n)) for i in range(0, n, per)]
 
 
@@ -323,30 +325,41 @@ def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.
     return out
 
 
+def _l2_blocks(t: torch.Tensor) -> list[tuple[slice, slice]]:
+    """(samples, columns) slices of t (N, C, L) on a CPU, each at most ``CPU_BLOCK_BYTES``: as
+    many whole samples as fit, or, when one sample does not, equal blocks of its columns."""
+    n, c, l = t.shape
+    blocks = -(-c * l * t.element_size() // CPU_BLOCK_BYTES)  # ceil: blocks per sample
+    if blocks == 1:
+        return [(sl, slice(None)) for sl in _batch_chunks(t, CPU_BLOCK_BYTES)]
+    step = -(-l // blocks)  # columns per block
+    return [(slice(i, i + 1), slice(j, j + step)) for i in range(n) for j in range(0, l, step)]
+
+
 def _outer_and_project(a: torch.Tensor, g: torch.Tensor, p: torch.Tensor | None = None):
     """Σ_n a_n g_nᵀ and, when ``p`` is given, p · g_n for every n — both read g.
 
     a (N, K, L), g (N, C, L), p (P, C) -> (K, C), (N, P, L) or None.
 
-    On a CPU with ``p``, a block of columns of one sample at a time (``CPU_BLOCK_BYTES`` of g at
-    most), so that the second GEMM reads the block from the L2 cache; elsewhere, or with one
-    read of g, batched GEMMs (one launch each).
+    On a CPU with ``p``, a block of g (:func:`_l2_blocks`) at a time, so that the second GEMM
+    reads the block from the L2 cache; elsewhere, or with one read of g, batched GEMMs (one
+    launch each).
     """
-    outer = torch.bmm(a, g.transpose(1, 2)).sum(0) if p is None or g.device.type != "cpu" else None  # (K, C)
-    if p is None:
-        return outer, None
     n, c, l = g.shape
-    if outer is not None:
-        return outer, torch.bmm(p.expand(n, *p.shape), g)  # (N, P, L)
+    if p is None or g.device.type != "cpu":
+        outer = torch.bmm(a, g.transpose(1, 2)).sum(0)  # (K, C)
+        return outer, None if p is None else torch.bmm(p.expand(n, *p.shape), g)
     outer = g.new_zeros(a.shape[1], c)  # (K, C)
     proj = g.new_empty(n, p.shape[0], l)  # (N, P, L)
-    blocks = -(-c * l * g.element_size() // CPU_BLOCK_BYTES)  # ceil: blocks per sample
-    step = -(-l // blocks)  # columns per block
-    for i in range(n):
-        for j in range(0, l, step):
-            block = g[i, :, j:j + step]  # (C, ≤ step)
-            torch.addmm(outer, a[i, :, j:j + step], block.t(), out=outer)  # out=: counted by FLOP counters
-            torch.mm(p, block, out=proj[i, :, j:j + step])
+    for sl, cols in _l2_blocks(g):
+        if cols == slice(None):  # whole samples: batched GEMMs
+            outer += torch.bmm(a[sl], g[sl].transpose(1, 2)).sum(0)
+            torch.bmm(p.expand(g[sl].shape[0], *p.shape), g[sl], out=proj[sl])
+        else:  # columns of one sample: 2-D GEMMs on strided views (bmm would copy them)
+            i = sl.start
+            block = g[i, :, cols]  # (C, m)
+            torch.addmm(outer, a[i, :, cols], block.t(), out=outer)  # out=: counted by FLOP counters
+            torch.mm(p, block, out=proj[i, :, cols])
     return outer, proj
 
 
