@@ -414,6 +414,9 @@ def uri_problem(uri: str | None) -> str | None:
                 f"database URL ({', '.join(s + '://' for s in DATABASE_SCHEMES)})")
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         return f"tracking URI {uri!r}: a SQLite URI is sqlite:///PATH (sqlite:////abs/path for an absolute path)"
+    if scheme == "sqlite" and sqlite_path(uri) is None:
+        return (f"tracking URI {uri!r}: an in-memory SQLite database lives and dies with one process, and trials "
+                "run in others; name a file (sqlite:///PATH)")
     if scheme in ("http", "https"):
         from .errors import url_problem
 

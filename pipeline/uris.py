@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 SQLITE = "sqlite:///"
+_IN_MEMORY = ("", ":memory:")
 
 
 def sqlite_path(url: str) -> Optional[Path]:
     """The database file of a ``sqlite:///PATH`` URL as SQLAlchemy opens it (relative to the
     current directory unless PATH is absolute, ``sqlite:////abs``; a ``?query`` is not part of
-    it), else None."""
+    it), else None — also for an in-memory database (no PATH, or ``:memory:``)."""
     if not url.startswith(SQLITE):
         return None
-    return Path(url[len(SQLITE):].split("?", 1)[0])
+    path = url[len(SQLITE):].partition("?")[0]
+    return None if path in _IN_MEMORY else Path(path)
 
 
 def pinned_sqlite(url: str) -> str:
@@ -23,5 +25,5 @@ def pinned_sqlite(url: str) -> str:
     path = sqlite_path(url)
     if path is None:
         return url
-    query = url[len(SQLITE) + len(url[len(SQLITE):].split("?", 1)[0]):]
-    return SQLITE + str(path.expanduser().resolve()) + query
+    _, sep, query = url[len(SQLITE):].partition("?")
+    return SQLITE + str(path.expanduser().resolve()) + sep + query

@@ -15,6 +15,7 @@ from pipeline.uris import pinned_sqlite, sqlite_path
     ("http://127.0.0.1:5000", None),
     ("postgresql://u@h/db", None),
     ("sqlite://", None),
+    ("sqlite:///:memory:", None),
 ])
 def test_sqlite_path(url, path):
     assert sqlite_path(url) == path
@@ -38,3 +39,13 @@ def test_grid_tracking_uri_pins_a_relative_sqlite_environment_uri(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs.db")
     assert grid_tracking_uri({}, str(tmp_path / "storage")) == f"sqlite:///{tmp_path.resolve()}/runs.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:", "sqlite:///?cache=shared"])
+def test_in_memory_sqlite_names_no_file_and_is_no_tracking_store(url):
+    """An in-memory database is private to the process that opens it: trials (other processes)
+    would each track into their own, lost at exit."""
+    from pipeline.tracking import uri_problem
+
+    assert sqlite_path(url) is None and pinned_sqlite(url) == url
+    assert "in-memory" in uri_problem(url)
