@@ -134,6 +134,7 @@ class _BoundedComposer(Composer):
         self.count = 0
         self.root: Optional[Node] = None
         self._sizes: dict[int, int] = {}
+        self._done: set[int] = set()  # collections composed to their end
 
     def _expanded(self, node: Node) -> int:
         size = self._sizes.get(id(node))
@@ -157,10 +158,22 @@ class _BoundedComposer(Composer):
         if self.parser.check_event(AliasEvent):
             mark = self.parser.peek_event().start_mark
             node = super().compose_node(parent, index)
+            if isinstance(node, (MappingNode, SequenceNode)) and id(node) not in self._done:
+                raise ComposerError(None, None, "recursive alias (it names a value that contains it)", mark)
             self._add(self._expanded(node), mark)
             return node
         self._add(1, self.parser.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor: Any) -> Any:
+        node = super().compose_sequence_node(anchor)
+        self._done.add(id(node))
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        self._done.add(id(node))
+        return node
 
     def compose_document(self) -> Any:
         self.root = super().compose_document()

@@ -36,6 +36,8 @@ CASES = [
     ("deep-brackets", BASE + "description: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than", 6, 2.0),
     ("alias-bomb", BASE + "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
      + "".join(f"x{i}: &a{i} {_flow([f'*a{i - 1}'] * 9)}\n" for i in range(1, 10)), "aliases expanded", None, 2.0),
+    ("recursive-alias", BASE + "description: &a [*a]\n", "recursive alias", 6, 2.0),
+    ("recursive-alias-mapping", BASE + "description: &a {k: [1, *a]}\n", "recursive alias", 6, 2.0),
     ("duplicate-key", BASE + "seeds: 1\nseeds: 2\n", 'duplicate key "seeds"', 7, None),
     ("nul-character", BASE + "description: a\x00b\n", "character U+0000 is not allowed", 6, None),
     ("duplicate-nested-key", "name: t\nbase:\n  optim: {lr: 0.1, lr: 0.2}\n", 'duplicate key "lr"', 3, None),
@@ -175,7 +177,7 @@ def test_usage_errors_are_one_line(argv, needle, capsys):
     assert err.splitlines() == [f"experiments/grid.py: error: {needle} (see experiments/grid.py --help)"], err
 
 
-@pytest.mark.parametrize("name", ["deep-brackets", "alias-bomb", "invalid-utf8"])
+@pytest.mark.parametrize("name", ["deep-brackets", "alias-bomb", "recursive-alias", "invalid-utf8"])
 def test_cli_has_no_traceback(name, tmp_path):
     """The same files through the real command line: exit 2, one line, no traceback."""
     _, content, needle, _, _ = next(c for c in CASES if c[0] == name)
