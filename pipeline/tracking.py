@@ -11,6 +11,7 @@ is flushed before every checkpoint so a checkpoint never claims metrics the serv
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -485,6 +486,18 @@ def _not_sqlite(db: Path) -> str | None:
         return f"cannot read {db}: {e.strerror or e}"
     if header and header != b"SQLite format 3\x00":
         return f"{db} is not an SQLite database (a file of something else)"
+    if not header:
+        return None
+    import sqlite3
+
+    try:  # read-only: a store MLflow would set up in someone else's database is refused, not migrated
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None  # locked or damaged: MLflow's own error then
+    if tables and not {"experiments", "runs"} <= tables:
+        what = "an Optuna study" if {"studies", "trials"} <= tables else "tables of something else"
+        return f"{db} holds {what}, not an MLflow store"
     return None
 
 

@@ -260,7 +260,9 @@ def test_bad_tracking_uri_is_one_line_before_any_work(command, case, tmp_path):
 
 
 @pytest.mark.parametrize("url,needle", [("notaurl", "Could not parse SQLAlchemy URL"),
-                                        ("sqlite:////proc/attnlab/study.db", "cannot create its folder")])
+                                        ("sqlite:////proc/attnlab/study.db", "cannot create its folder"),
+                                        ("sqlite://", "in-memory SQLite study"),
+                                        ("sqlite:///:memory:", "in-memory SQLite study")])
 def test_search_bad_study_storage_is_one_line_and_creates_no_run(url, needle, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["HOME"] = str(tmp_path / "home")

@@ -49,3 +49,28 @@ def test_in_memory_sqlite_names_no_file_and_is_no_tracking_store(url):
 
     assert sqlite_path(url) is None and pinned_sqlite(url) == url
     assert "in-memory" in uri_problem(url)
+
+
+def test_a_sqlite_file_of_something_else_is_refused_and_left_as_it_was(tmp_path):
+    """A database that holds other tables (an Optuna study beside the runs, another program's
+    file) is refused in one line; MLflow would otherwise write its schema into it."""
+    import sqlite3
+
+    from pipeline.errors import ConfigError
+    from pipeline.tracking import check_reachable, check_store
+
+    cases = {"optuna.db": (["studies", "trials"], "an Optuna study"), "other.db": (["t"], "tables of something else")}
+    for name, (tables, what) in cases.items():
+        db = tmp_path / name
+        with sqlite3.connect(db) as con:
+            for t in tables:
+                con.execute(f"CREATE TABLE {t} (x)")
+        before = db.read_bytes()
+        with pytest.raises(ConfigError, match=f"holds {what}, not an MLflow store"):
+            check_store(f"sqlite:///{db}")
+        with pytest.raises(ConnectionError, match=f"holds {what}"):
+            check_reachable(f"sqlite:///{db}")
+        assert db.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database with no table yet: MLflow sets it up
+    check_store(f"sqlite:///{empty}")
