@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from experiments.cli import DEFAULT_STORAGE, check_run_flags, new_stores_removed_on_refusal, storage_folder
 from pipeline.errors import ConfigError, cli_exit
-from pipeline.uris import pinned_sqlite, sqlite_path
+from pipeline.uris import in_memory_sqlite, pinned_sqlite
 
 
 def parse_args(argv: Optional[list[str]]) -> Any:
@@ -81,7 +81,7 @@ def tracking_uri(search: Any, storage: str) -> str:
 def study_url(a: Any, storage: str, name: str) -> str:
     if a.study_storage:
         url = pinned_sqlite(a.study_storage)  # the file the refusal clean-up and Optuna both mean
-        if url.lower().startswith("sqlite:") and sqlite_path(url) is None:
+        if in_memory_sqlite(url):
             raise ConfigError(f"--study-storage {url}: an in-memory SQLite study is lost when the search ends and "
                               "cannot be resumed; name a file (sqlite:///PATH)")
         return url

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .uris import pinned_sqlite, sqlite_path
+from .uris import in_memory_sqlite, pinned_sqlite, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
@@ -415,7 +415,7 @@ def uri_problem(uri: str | None) -> str | None:
                 f"database URL ({', '.join(s + '://' for s in DATABASE_SCHEMES)})")
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         return f"tracking URI {uri!r}: a SQLite URI is sqlite:///PATH (sqlite:////abs/path for an absolute path)"
-    if scheme == "sqlite" and sqlite_path(uri) is None:
+    if in_memory_sqlite(uri):
         return (f"tracking URI {uri!r}: an in-memory SQLite database lives and dies with one process, and trials "
                 "run in others; name a file (sqlite:///PATH)")
     if scheme in ("http", "https"):
@@ -484,10 +484,10 @@ def _not_sqlite(db: Path) -> str | None:
             header = f.read(16)
     except OSError as e:
         return f"cannot read {db}: {e.strerror or e}"
-    if header and header != b"SQLite format 3\x00":
-        return f"{db} is not an SQLite database (a file of something else)"
     if not header:
         return None
+    if header != b"SQLite format 3\x00":
+        return f"{db} is not an SQLite database (a file of something else)"
     import sqlite3
 
     try:  # read-only: a store MLflow would set up in someone else's database is refused, not migrated

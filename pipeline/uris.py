@@ -19,6 +19,12 @@ def sqlite_path(url: str) -> Optional[Path]:
     return None if path in _IN_MEMORY else Path(path)
 
 
+def in_memory_sqlite(url: str) -> bool:
+    """A SQLite URL that names no file (``sqlite://``, ``sqlite:///``, ``sqlite:///:memory:``): a
+    database private to the process that opens it, gone when it exits."""
+    return url.lower().startswith("sqlite:") and sqlite_path(url) is None
+
+
 def pinned_sqlite(url: str) -> str:
     """``url`` with a SQLite file's path made absolute (``~`` expanded), so that it names the same
     file from any working directory (Ray changes it per trial); any other URL unchanged."""
