@@ -48,8 +48,8 @@ from blocks import get as get_block
 from blocks import names as block_names
 from blocks.insert import NONE_NAMES, resolve_spec
 from pipeline import catalog
-from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, identity_tree,
-                             min_resolution, validation_problems)
+from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only,
+                             identity_tree, min_resolution, validation_problems)
 from pipeline.errors import ConfigError
 from pipeline.yamlio import Lines, Problems, load_file
 
@@ -246,6 +246,9 @@ def _split_axes(spec: Spec, kinds: list[str], problems: Problems, entries_ok: bo
             if k.startswith("model.attention"):
                 problems.add(("axes", k), f"axes.{k}: vary attention with axes.attention or a block-parameter "
                                           f"axis ({k.rsplit('.', 1)[-1]}), not a dotted key")
+            elif execution_only(k):
+                problems.add(("axes", k), f"axes.{k}: {execution_only(k)!r} says where or how a trial runs, not "
+                                          f"what it computes (same trial id): set it in base, not as an axis")
             else:
                 dotted[k] = values
         elif any(k in get_block(kd).params for kd in kinds):

@@ -31,7 +31,7 @@ from .uris import SQLITE, pinned_sqlite
 
 __all__ = ["StrictModel", "SyntheticSpec", "DataConfig", "ModelConfig", "OptimConfig", "CheckpointConfig",
            "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial",
-           "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "min_resolution",
+           "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "execution_only", "min_resolution",
            "attention_param_problems", "validation_problems", "MIN_RES", "MAX_RES", "MAX_CLASSES", "NAME_PATTERN"]
 
 MIN_RES, MAX_RES = 8, 1024  # training/eval resolution in px (and the backbone's own minimum)
@@ -598,6 +598,13 @@ EXECUTION_ONLY = (
     "data.root", "data.workers", "data.beton_dir",  # where the data is, how many readers
     "data.val_batch_size",  # evaluation runs in eval mode: the batch size does not change results
 )
+
+
+def execution_only(dotted: str) -> Optional[str]:
+    """The :data:`EXECUTION_ONLY` key that ``dotted`` is or lies under (``tracking.uri`` ->
+    ``tracking``), else None.  Such a key cannot be a grid axis or a search dimension: trials that
+    differ only there are the same trial (one id), and most of them are set per run, not per trial."""
+    return next((k for k in EXECUTION_ONLY if dotted == k or dotted.startswith(k + ".")), None)
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:

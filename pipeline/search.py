@@ -41,7 +41,7 @@ from typing import Any, Optional, Union
 import optuna
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, validation_problems
+from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only, validation_problems
 from .errors import ConfigError, folder_problem
 from .uris import sqlite_path
 from .yamlio import Lines, Problems, load_file
@@ -362,6 +362,10 @@ def search_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Line
         if key == "seed" or key.startswith("model.attention"):
             problems.add(at, f"space.{key}: not searchable (search the block with space.attention and its "
                              f"parameters by name)")
+            continue
+        if execution_only(key):
+            problems.add(at, f"space.{key}: {execution_only(key)!r} says where or how a trial runs, not what it "
+                             f"computes: set it in base, not searched")
             continue
         if "." in key or key in TrialConfig.model_fields:
             dims.append(Dim(key, key, kind, d.low, d.high, d.log, d.step, d.choices))
