@@ -52,16 +52,27 @@ def default_uri(work_dir: Path) -> str:
     return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
 
 
+def env_tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` with a relative SQLite path made absolute, or None when unset;
+    set but empty is a :class:`~pipeline.errors.ConfigError`."""
+    from pipeline.errors import ConfigError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        return None
+    if not uri.strip():
+        raise ConfigError("MLFLOW_TRACKING_URI is set but empty: unset it (the default local store) "
+                          "or give the tracking URI")
+    return pinned_sqlite(uri)
+
+
 def grid_tracking_uri(base: Mapping[str, Any], storage: str) -> str:
     """Where a grid or a search tracks: ``MLFLOW_TRACKING_URI``, else the spec's
     ``base.tracking.uri``, else a SQLite file in a local storage folder (one machine only: the
     pre-flight refuses it on a multi-node cluster)."""
     from pipeline.errors import ConfigError
 
-    if os.environ.get("MLFLOW_TRACKING_URI", "unset").strip() == "":
-        raise ConfigError("MLFLOW_TRACKING_URI is set but empty: unset it (a SQLite file under the storage "
-                          "folder) or give the tracking URI")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (base.get("tracking") or {}).get("uri")
+    uri = env_tracking_uri() or (base.get("tracking") or {}).get("uri")
     if uri:
         return pinned_sqlite(uri)  # trials run in other working directories
     if "://" in storage:
@@ -561,7 +572,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         problem = _not_sqlite(db) if db.is_file() else None
         if problem:
             raise ConfigError(f"tracking URI {uri}: {problem}")
-        problem = folder_problem(db.parent)
+        problem = folder_problem(db.parent, create=False)  # made when the store is opened
         if problem:
             raise ConfigError(f"tracking URI {uri}: cannot create the database in {db.parent}: {problem}")
         return

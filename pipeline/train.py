@@ -504,39 +504,50 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--config", help="YAML trial config (see pipeline.config.TrialConfig)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted key, e.g. optim.lr=0.05 (repeatable)")
-    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (same MLflow run)")
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--resume", default=None, help="continue from this checkpoint (same MLflow run)")
+    p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.stop_after is not None and a.stop_after < 1:
         p.error(f"--stop-after must be >= 1, got {a.stop_after}")
     try:
-        cfg = load_trial_config(a.config, a.overrides)
-        if a.resume is not None and not a.resume.is_file():
-            raise ConfigError(f"--resume: checkpoint not found: {a.resume}")
-        if cfg.tracking.enabled:
-            from .tracking import check_runs, check_store, default_uri
+        from .errors import folder_problem
 
+        # path flags as typed: an empty one would be the current folder
+        for flag, value in (("--resume", a.resume), ("--checkpoint-dir", a.checkpoint_dir)):
+            if value is not None and not value.strip():
+                raise ConfigError(f"{flag} {value!r}: the path is empty")
+        resume = Path(a.resume).expanduser() if a.resume is not None else None
+        checkpoint_dir = Path(a.checkpoint_dir).expanduser() if a.checkpoint_dir is not None else None
+        cfg = load_trial_config(a.config, a.overrides)
+        if resume is not None and not resume.is_file():
+            raise ConfigError(f"--resume: checkpoint not found: {resume}")
+        # the folders the trial writes, judged without making them (a later refusal leaves
+        # nothing behind): a file in the way is one line now, not a traceback after its MLflow
+        # run was created
+        for what, folder in (("work_dir", cfg.work_dir), ("--checkpoint-dir", checkpoint_dir),
+                             ("checkpoint.dir", None if checkpoint_dir else cfg.checkpoint.dir)):
+            problem = folder_problem(Path(folder).resolve(), create=False) if folder is not None else None
+            if problem:
+                raise ConfigError(f"{what} {Path(folder).resolve()}: {problem}")
+        if cfg.tracking.enabled:
+            from .tracking import check_runs, check_store, default_uri, env_tracking_uri
+
+            if not cfg.tracking.uri:  # the config's tracking.uri, else MLFLOW_TRACKING_URI, else a local file
+                env_uri = env_tracking_uri()
+                if env_uri:
+                    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": env_uri})})
             uri = cfg.tracking.uri or default_uri(cfg.work_dir)
             if cfg.tracking.uri:
                 check_store(uri)  # before any data or model work
             check_runs(uri, run_id=cfg.tracking.run_id, parent_run_id=cfg.tracking.parent_run_id)
-        from .errors import folder_problem
-
-        # the folders the trial writes: a file in the way is one line now, not a traceback
-        # after its MLflow run was created
-        for what, folder in (("work_dir", cfg.work_dir), ("--checkpoint-dir", a.checkpoint_dir),
-                             ("checkpoint.dir", None if a.checkpoint_dir else cfg.checkpoint.dir)):
-            problem = folder_problem(Path(folder).resolve()) if folder is not None else None
-            if problem:
-                raise ConfigError(f"{what} {Path(folder).resolve()}: {problem}")
         # a checkpoint already there is another run's: training from scratch would overwrite it
         # (and, with checkpoint.keep_final off, delete it at the end)
-        ckpt = checkpoint_path(cfg, a.checkpoint_dir)
-        if a.resume is None and ckpt.exists():
+        ckpt = checkpoint_path(cfg, checkpoint_dir)
+        if resume is None and ckpt.exists():
             raise ConfigError(f"{ckpt.resolve()} already exists (an earlier run's checkpoint): add --resume {ckpt} "
                               f"to continue it, or give another --checkpoint-dir (or move it away)")
-        summary = fit(cfg, checkpoint_dir=a.checkpoint_dir, resume_from=a.resume, stop_after=a.stop_after,
+        summary = fit(cfg, checkpoint_dir=checkpoint_dir, resume_from=resume, stop_after=a.stop_after,
                       reporter=EpochPrinter(cfg.optim.epochs))
     except ConfigError as e:
         cli_exit(e)

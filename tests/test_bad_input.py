@@ -83,6 +83,13 @@ CASES = [
     ("seed-axis", BASE + "axes:\n  attention: [spa]\n  seed: [1, 2]\n", "axes.seed: seeds are set by 'seeds:'", 8, None),
     ("none-with-stages", BASE + "axes:\n  attention: [se, {kind: none, stages: [1]}]\n",
      "attention 'none' takes no other keys", 7, None),
+    # execution-only keys (where or how a trial runs) as axes: trials that differ only there share one id
+    ("execution-axis-workers", BASE + "axes:\n  data.workers: [0, 2]\n", "axes.data.workers: 'data.workers' says", 7, None),
+    ("execution-axis-tracking-uri", BASE + "axes:\n  tracking.uri: ['sqlite:////tmp/a.db']\n",
+     "axes.tracking.uri: 'tracking' says where or how", 7, None),
+    ("execution-axis-work-dir", BASE + "axes:\n  work_dir: [/tmp/a, /tmp/b]\n", "axes.work_dir: 'work_dir' says", 7, None),
+    ("execution-axis-name", BASE + "axes:\n  name: [a, b]\n", "axes.name: 'name' says", 7, None),
+    ("execution-axis-threads", BASE + "axes:\n  attention: [spa]\n  threads: [1, 2]\n", "axes.threads: 'threads'", 8, None),
     ("data-root-is-a-file", "name: t\nbase:\n  data:\n    dataset: cifar10\n    root: " + __file__ + "\n",
      "data.root: not a folder", 5, None),
 ]
@@ -396,7 +403,7 @@ def test_train_refuses_a_run_id_the_store_does_not_hold(case, tmp_path):
 
     from pipeline.train import main as train_main
 
-    db = tmp_path / "m.db"
+    db = tmp_path / ("absent" if case == "no-database" else ".") / "m.db"
     uri = f"sqlite:///{db}"
     work = tmp_path / "work"
     if case != "no-database":
@@ -417,12 +424,14 @@ def test_train_refuses_a_run_id_the_store_does_not_hold(case, tmp_path):
     line = _one_line(err)
     assert rc == 2 and f"tracking.{key} {rid!r}" in line and needle in line, err
     assert db.exists() == (case not in ("no-database", "default-store"))
-    assert not list(work.glob("**/checkpoints*"))
+    assert not (tmp_path / "absent").exists()  # the check makes no folder for the database
+    assert work.exists() == (case == "default-store")  # nor the work folder
 
 
 @pytest.mark.parametrize("case", ["work-dir-is-a-file", "work-dir-under-a-file", "checkpoint-dir-is-a-file",
                                   "checkpoint-flag-is-a-file", "stop-after-negative", "set-twice",
-                                  "experiment-empty"])
+                                  "experiment-empty", "checkpoint-flag-empty", "resume-flag-empty",
+                                  "checkpoint-flag-under-a-file"])
 def test_train_refuses_bad_input_before_its_run_is_made(case, tmp_path):
     """pipeline.train: a folder it writes that is a file (a traceback after its MLflow run was
     created), a negative --stop-after (ran zero epochs and exited 0), a key set twice (the last
@@ -439,11 +448,46 @@ def test_train_refuses_bad_input_before_its_run_is_made(case, tmp_path):
         "stop-after-negative": (work + ["--stop-after", "-1"], "--stop-after must be >= 1"),
         "set-twice": (work + ["--set", "optim.lr=0.1", "--set", "optim.lr=0.2"], "--set optim.lr given twice"),
         "experiment-empty": (work + ["--set", "tracking.experiment=''"], "tracking.experiment"),
+        # an empty path flag would be the current folder
+        "checkpoint-flag-empty": (work + ["--checkpoint-dir", ""], "--checkpoint-dir '': the path is empty"),
+        "resume-flag-empty": (work + ["--resume", " "], "--resume ' ': the path is empty"),
+        "checkpoint-flag-under-a-file": (work + ["--checkpoint-dir", str(tmp_path / "afile" / "c")], "--checkpoint-dir"),
     }[case]
     rc, err = _main_exit(train_main, argv)
     assert rc == 2 and needle in _one_line(err), err
     assert (tmp_path / "afile").read_text() == "keep me"
     assert not list(tmp_path.glob("**/mlflow.db"))
+    assert not (tmp_path / "work").exists()  # refused before any folder is made
+
+
+@pytest.mark.parametrize("case", ["server-not-answering", "empty", "in-memory", "file"])
+def test_train_reads_mlflow_tracking_uri(case, tmp_path, monkeypatch):
+    """pipeline.train tracks to MLFLOW_TRACKING_URI when the config names no tracking.uri, as the
+    grid does (a dead server there went unnoticed and the run went to a local file); a bad value is
+    one line before any work."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.train import main as train_main
+
+    db = tmp_path / "env" / "m.db"
+    value, needle = {"server-not-answering": ("http://127.0.0.1:9", "not reachable"),
+                     "empty": ("", "MLFLOW_TRACKING_URI is set but empty"),
+                     "in-memory": ("sqlite:///:memory:", "in-memory SQLite"),
+                     "file": (f"sqlite:///{db}", None)}[case]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", value)
+    work = tmp_path / "work"
+    rc, err = _main_exit(train_main, ["--set", f"work_dir={work}", "--set", "model.backbone=cifar_resnet20",
+                                      "--set", "data.dataset=digits", "--set", "data.train_res=16",
+                                      "--set", "data.val_res=16", "--set", "optim.epochs=1"]
+                         if case == "file" else ["--set", f"work_dir={work}"])
+    if needle is not None:
+        assert rc == 2 and needle in _one_line(err), err
+        assert not work.exists()
+        return
+    assert rc == 0, err
+    assert not (work / "mlflow.db").exists()
+    runs = MlflowClient(value).search_runs([e.experiment_id for e in MlflowClient(value).search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -599,3 +643,20 @@ def test_storage_uri_of_unknown_scheme_is_one_line(command, storage, needle, tmp
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec),
                         "--storage", storage], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 2 and needle in _one_line(r.stderr) and "--storage" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("key,value", [("data.workers", "[0, 2]"), ("tracking.run_id", "[a, b]"),
+                                       ("work_dir", "[/tmp/a, /tmp/b]"), ("threads", "{low: 1, high: 2}"),
+                                       ("checkpoint.every", "{low: 1, high: 3}")])
+def test_search_refuses_an_execution_only_dimension(key, value, tmp_path):
+    """A search dimension over a key that only says where or how a trial runs (it was accepted and
+    reached the trials, or did nothing): one line naming the key, exit 2."""
+    from experiments.search import main as search_main
+
+    p = tmp_path / "search.yaml"
+    choices = value if value.startswith("{") else "{choices: " + value + "}"
+    p.write_text("name: s\nbase:\n  model: {backbone: cifar_resnet20}\n  data: {dataset: digits}\n"
+                 f"space:\n  attention: {{choices: [none, spa]}}\n  {key}: {choices}\n")
+    rc, err = _main_exit(search_main, ["--spec", str(p), "--check"])
+    line = _one_line(err)
+    assert rc == 2 and f"space.{key}:" in line and "not searched" in line, err
