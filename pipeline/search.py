@@ -43,7 +43,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only, validation_problems
 from .errors import ConfigError, folder_problem
-from .uris import sqlite_path
+from .uris import foreign_sqlite, sqlite_path
 from .yamlio import Lines, Problems, load_file
 
 __all__ = ["SamplerSpec", "SearchSpec", "Dim", "Search", "SpaceFn", "load_search", "search_from_tree",
@@ -437,6 +437,10 @@ def make_storage(url: str) -> Any:
     """Optuna's RDB storage on any SQLAlchemy URL (``sqlite:///file``, ``postgresql://...``)."""
     db = sqlite_path(url)
     if db is not None:
+        if db.exists():  # read-only look: Optuna would write its schema into any database
+            problem = foreign_sqlite(db, "an Optuna study") if db.is_file() else f"{db} is not a file"
+            if problem:
+                raise ConfigError(f"--study-storage {url}: {problem}")
         folder = db.parent
         problem = folder_problem(folder)
         if problem:

@@ -11,7 +11,6 @@ is flushed before every checkpoint so a checkpoint never claims metrics the serv
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .uris import in_memory_sqlite, pinned_sqlite, sqlite_path
+from .uris import foreign_sqlite, in_memory_sqlite, pinned_sqlite, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
@@ -487,31 +486,6 @@ def _database_problem(uri: str, timeout: float) -> str | None:
     return None
 
 
-def _not_sqlite(db: Path) -> str | None:
-    """Why the existing file ``db`` cannot be a SQLite store (None when it can: an SQLite
-    database, or an empty file SQLite initialises); judged from its header, nothing written."""
-    try:
-        with open(db, "rb") as f:
-            header = f.read(16)
-    except OSError as e:
-        return f"cannot read {db}: {e.strerror or e}"
-    if not header:
-        return None
-    if header != b"SQLite format 3\x00":
-        return f"{db} is not an SQLite database (a file of something else)"
-    import sqlite3
-
-    try:  # read-only: a store MLflow would set up in someone else's database is refused, not migrated
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error:
-        return None  # locked or damaged: MLflow's own error then
-    if tables and not {"experiments", "runs"} <= tables:
-        what = "an Optuna study" if {"studies", "trials"} <= tables else "tables of something else"
-        return f"{db} holds {what}, not an MLflow store"
-    return None
-
-
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise ``ConnectionError`` (one line) unless ``uri`` answers: a server's ``/health``, or a
     local store that exists.  MLflow's client would otherwise retry for minutes."""
@@ -533,7 +507,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if db is not None:
         if not db.is_file():
             raise ConnectionError(f"no MLflow database at {db}")
-        problem = _not_sqlite(db)
+        problem = foreign_sqlite(db, "an MLflow store")
         if problem:
             raise ConnectionError(f"tracking URI {uri}: {problem}")
         return
@@ -569,7 +543,7 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
     if db is not None:
         if db.exists() and not db.is_file():
             raise ConfigError(f"tracking URI {uri}: {db} is not a file")
-        problem = _not_sqlite(db) if db.is_file() else None
+        problem = foreign_sqlite(db, "an MLflow store") if db.is_file() else None
         if problem:
             raise ConfigError(f"tracking URI {uri}: {problem}")
         problem = folder_problem(db.parent, create=False)  # made when the store is opened

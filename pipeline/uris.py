@@ -1,7 +1,9 @@
 """SQLite URLs (``sqlite:///PATH``) as MLflow's tracking store and Optuna's study storage take
-them (SQLAlchemy's form): the file they name, and the same URL pinned to an absolute path."""
+them (SQLAlchemy's form): the file they name, the same URL pinned to an absolute path, and
+whether an existing file is the kind of store it is opened as."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -33,3 +35,35 @@ def pinned_sqlite(url: str) -> str:
         return url
     _, sep, query = url[len(SQLITE):].partition("?")
     return SQLITE + str(path.expanduser().resolve()) + sep + query
+
+
+#: The tables that mark a SQLite file as one program's store (both also hold alembic_version).
+STORES = {"an MLflow store": frozenset({"experiments", "runs"}),
+          "an Optuna study": frozenset({"studies", "trials"})}
+
+
+def foreign_sqlite(db: Path, store: str) -> Optional[str]:
+    """Why the existing file ``db`` cannot be opened as ``store`` (a key of :data:`STORES`), as
+    the tail of a one-line error; None when it can: a SQLite database without tables, with the
+    store's tables, or an empty file SQLite initialises.  Read-only: MLflow and Optuna would
+    otherwise write their schema into another program's database."""
+    try:
+        with open(db, "rb") as f:
+            header = f.read(16)
+    except OSError as e:
+        return f"cannot read {db}: {e.strerror or e}"
+    if not header:
+        return None
+    if header != b"SQLite format 3\x00":
+        return f"{db} is not an SQLite database (a file of something else)"
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None  # locked or damaged: the store's own error then
+    if tables and not STORES[store] <= tables:
+        what = next((name for name, marks in STORES.items() if marks <= tables), "tables of something else")
+        return f"{db} holds {what}, not {store}"
+    return None

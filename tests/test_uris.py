@@ -74,3 +74,28 @@ def test_a_sqlite_file_of_something_else_is_refused_and_left_as_it_was(tmp_path)
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()  # a database with no table yet: MLflow sets it up
     check_store(f"sqlite:///{empty}")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("tables,what", [(["experiments", "runs"], "an MLflow store"), (["t"], "tables of something else")])
+def test_a_study_storage_of_something_else_is_refused_and_left_as_it_was(tables, what, resume, tmp_path):
+    """``search --study-storage`` naming an MLflow store or another program's database (before:
+    Optuna wrote its schema into the file during the check, then the search refused), with and
+    without --resume: one line, exit 2 before any trial, the file byte for byte as it was."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as con:
+        for t in tables:
+            con.execute(f"CREATE TABLE {t} (x)")
+    before = db.read_bytes()
+    r = subprocess.run([sys.executable, str(root / "experiments" / "search.py"), "--spec",
+                        str(root / "experiments" / "specs" / "search" / "digits.yaml"), "--storage",
+                        str(tmp_path / "runs"), "--study-storage", f"sqlite:///{db}",
+                        *(["--resume"] if resume else [])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"holds {what}, not an Optuna study" in r.stderr, r.stderr
+    assert db.read_bytes() == before
