@@ -57,13 +57,99 @@ def ray_address_problem(address: str | None = None, probe: bool = True, timeout:
             return f"RAY_ADDRESS {value!r}: not an address; give {forms}"
         port = int(port_text)
     if probe:
+        dashboard = "://" in v and not v.startswith("ray://")
         try:
-            socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+            answer = _dashboard_answer(v, timeout) if dashboard else _grpc_answer(host.strip("[]"), port, timeout)
         except OSError as e:
             why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e)).lower()
             return (f"RAY_ADDRESS {value!r}: nothing answers at {host}:{port} ({why}); start the cluster "
                     f"or correct the address")
+        if answer is not None:
+            return f"RAY_ADDRESS {value!r}: {answer}"
     return None
+
+
+# An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113, section 3.4).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _grpc_answer(host: str, port: int, timeout: float) -> str | None:
+    """None when the server at ``host:port`` speaks HTTP/2 (Ray's GCS and its client server are
+    gRPC servers): it answers the connection preface with a SETTINGS frame (type 4, the 4th byte
+    of the 9-byte frame header).  Else what it did instead.  ``ray.init`` against another kind of
+    server retries until killed; connection errors are raised (``OSError``)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(_H2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except TimeoutError:
+            return _not_ray(host, port, "Ray (a gRPC server)", f"no reply in {timeout:g} s" if not head
+                            else f"a reply that is not HTTP/2: {head[:9]!r}")
+    if len(head) == 9 and head[3] == 4:
+        return None
+    return _not_ray(host, port, "Ray (a gRPC server)",
+                    "it closed the connection" if not head else f"a reply that is not HTTP/2: {head[:9]!r}")
+
+
+def _not_ray(host: str, port: int, what: str, answer: str) -> str:
+    return f"something answers at {host}:{port} but not as {what} ({answer}); correct the address"
+
+
+def _ray_token() -> str | None:
+    """The Ray auth token a client sends, found where Ray's clients find it: ``RAY_AUTH_TOKEN``,
+    else the file ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``; None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    try:
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _dashboard_answer(url: str, timeout: float) -> str | None:
+    """None when ``url`` is a Ray dashboard (``/api/version`` names a Ray version), else what
+    answered instead; an address where nothing accepts a connection raises ``OSError``."""
+    import http.client
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    socket.create_connection((host, port), timeout=timeout).close()
+    token = _ray_token()
+    request = urllib.request.Request(url.rstrip("/") + "/api/version",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            body = r.read(65536)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403) and token:
+            return (f"the server at {host}:{port} refused the Ray token (HTTP {e.code}); give the cluster's token "
+                    f"file in RAY_AUTH_TOKEN_PATH")
+        if e.code in (401, 403):
+            return (f"the server at {host}:{port} asks for a token (HTTP {e.code}); give the cluster's token file "
+                    f"in RAY_AUTH_TOKEN_PATH (`python -m infra.stack env` prints it for the local stack)")
+        return _not_ray(host, port, "a Ray dashboard", f"HTTP {e.code} for /api/version")
+    except urllib.error.URLError as e:
+        return _not_ray(host, port, "a Ray dashboard", f"no HTTP reply: {e.reason}")
+    except TimeoutError:
+        return _not_ray(host, port, "a Ray dashboard", f"no reply in {timeout:g} s")
+    except (OSError, http.client.HTTPException) as e:
+        return _not_ray(host, port, "a Ray dashboard", f"no HTTP reply: {type(e).__name__}")
+    try:
+        version = json.loads(body).get("ray_version")
+    except (ValueError, AttributeError):
+        version = None
+    return None if isinstance(version, str) else _not_ray(host, port, "a Ray dashboard",
+                                                         "/api/version names no Ray version")
 
 
 def write_marker(storage: str) -> str | None:

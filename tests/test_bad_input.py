@@ -374,6 +374,57 @@ def test_bad_environment_is_one_line_before_any_cluster_work(command, var, value
     assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]  # no mlflow.db, no study.db
 
 
+@pytest.fixture
+def not_ray_servers():
+    """Two listeners on 127.0.0.1 that are not Ray: an HTTP server (404 for every path) and a
+    socket that accepts connections and never answers.  Yields their ports."""
+    import http.server
+    import socket
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes connections; nobody reads
+    try:
+        yield {"http": web.server_address[1], "silent": silent.getsockname()[1]}
+    finally:
+        web.shutdown()
+        web.server_close()
+        silent.close()
+
+
+@pytest.mark.parametrize("command", ["grid", "search"])
+@pytest.mark.parametrize("form,server,needle", [
+    ("{}", "http", "not as Ray (a gRPC server) (a reply that is not HTTP/2"),
+    ("{}", "silent", "not as Ray (a gRPC server) (no reply in 3 s)"),
+    ("ray://{}", "http", "not as Ray (a gRPC server)"),
+    ("http://{}", "http", "not as a Ray dashboard (HTTP 404 for /api/version)"),
+    ("http://{}", "silent", "not as a Ray dashboard (no reply in 3 s)"),
+])
+def test_ray_address_where_something_else_answers_is_one_line(command, form, server, needle, not_ray_servers,
+                                                              tmp_path):
+    """RAY_ADDRESS naming a port where a server that is not Ray listens: the TCP probe passed and
+    ray.init retried until it was killed.  Ray's GCS and client server answer the HTTP/2
+    preface, its dashboard /api/version; anything else is one line before any store is made."""
+    address = form.format(f"127.0.0.1:{not_ray_servers[server]}")
+    spec = ROOT / "experiments" / "specs" / ("smoke.yaml" if command == "grid" else "search/digits.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"HOME": str(tmp_path / "home"), "RAY_ADDRESS": address})
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{command}.py"), "--spec", str(spec),
+                        "--storage", str(tmp_path / "runs")], capture_output=True, text=True, timeout=60,
+                       env=env, cwd=tmp_path)
+    line = _one_line(r.stderr)
+    assert r.returncode == 2 and f"RAY_ADDRESS {address!r}" in line and needle in line, r.stderr[-2000:]
+    assert not [p for p in tmp_path.glob("runs/**/*") if p.is_file()]
+
+
 @pytest.mark.parametrize("command,argv,needle", [
     ("grid", ["--json"], "--json applies to --dry-run only"),
     ("grid", ["--dry-run", "--grace-period", "3"], "--grace-period applies to --scheduler asha only"),

@@ -182,3 +182,23 @@ def test_env_of_a_stopped_stack_is_refused(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not running" in r.stderr and not r.stdout, (r.stdout, r.stderr)
     assert not (state / "ray_auth_token").exists()
+
+
+def test_ray_address_check_accepts_a_real_ray_head_and_its_dashboard(ray_head, monkeypatch):
+    """The pre-flight's handshake checks pass against a real Ray head with token auth: its GCS
+    (HTTP/2 preface) and its dashboard (/api/version, with the stack's token; without the token
+    it is one line naming RAY_AUTH_TOKEN_PATH, the run would fail there)."""
+    from pipeline.preflight import ray_address_problem
+
+    for k in [k for k in os.environ if k.startswith("RAY_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.ray/auth_token
+    for k, v in ray_head["env"].items():
+        monkeypatch.setenv(k, v)
+    assert ray_address_problem(ray_head["address"]) is None
+    assert ray_address_problem(ray_head["dashboard"]) is None
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    problem = ray_address_problem(ray_head["dashboard"])
+    assert problem is not None and "asks for a token (HTTP 401)" in problem and "RAY_AUTH_TOKEN_PATH" in problem
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    assert "refused the Ray token" in ray_address_problem(ray_head["dashboard"])
