@@ -236,8 +236,6 @@ def write(out: Path, text: str) -> None:
             _, tail = rest.split(END, 1)
             out.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
             return
-        out.write_text(f"{doc.rstrip()}\n\n{BEGIN}\n{text}\n{END}\n")
-        return
     out.write_text(f"# Attention blocks: cost\n\n{BEGIN}\n{text}\n{END}\n")
 
 
@@ -246,11 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int_range(1, 1024), default=1)
     ap.add_argument("--repeats", type=int_range(1, 1000), default=3)
     ap.add_argument("--out", default=str(ROOT / "docs" / "blocks.md"))
-    ap.add_argument("--only", default="", help="comma list of block names (default: all)")
+    ap.add_argument("--only", default=None, help="comma list of block names (default: all)")
     ap.add_argument("--no-timing", action="store_true", help="params and GMACs only")
     a = ap.parse_args(argv)
     names = blocks.names()
-    if a.only:
+    if a.only is not None:  # given empty, it is a mistake, not "all"
         wanted = [s.strip() for s in a.only.split(",") if s.strip()]
         unknown = sorted(set(wanted) - set(names))
         if unknown or not wanted:  # an empty list would replace the table with an empty one
@@ -264,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             out.read_text()
         except (OSError, UnicodeDecodeError) as e:
             problem = f"cannot be read as UTF-8 text ({type(e).__name__})"
+        else:  # the table replaces the part between its markers; another file is not touched
+            doc = out.read_text()
+            if doc.strip() and not (BEGIN in doc and END in doc):
+                problem = (f"has no {BEGIN} ... {END} markers: it is not a cost-table document; give a new "
+                           f"file, or add the two marker lines where the table goes")
     if problem:
         ap.error(f"--out {a.out!r}: {problem}")
     torch.set_num_threads(a.threads)

@@ -32,13 +32,21 @@ def check_run_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--grace-period must be >= 1")
     if a.grace_period is not None and a.scheduler != "asha":
         p.error(f"--grace-period applies to --scheduler asha only, not --scheduler {a.scheduler}")
-    if a.storage is not None and not a.storage.strip():
-        p.error("--storage '': give a folder or a URI (leave the flag out for the default)")
+    p.refuse_blank("--storage", a.storage, "give a folder or a URI (leave the flag out for the default)")
     if not (math.isfinite(a.cpus_per_trial) and a.cpus_per_trial > 0):
         p.error(f"--cpus-per-trial must be a finite number > 0, got {a.cpus_per_trial}")
     g = a.gpus_per_trial
     if g is not None and not (math.isfinite(g) and g >= 0 and (g <= 1 or g == int(g))):
         p.error(f"--gpus-per-trial must be >= 0: a fraction up to 1 (trials share a GPU) or a whole number, got {g}")
+
+
+def check_grace_period(grace_period: Optional[int], epochs: int) -> None:
+    """``--grace-period`` against the longest trial (``epochs``): at or beyond it, ASHA has no
+    rung to stop a trial at, and the flag would silently do nothing.  ConfigError (one line)."""
+    if grace_period is not None and grace_period >= epochs:
+        hint = f"give 1..{epochs - 1}" if epochs > 1 else "trials of 1 epoch cannot be stopped early"
+        raise ConfigError(f"--grace-period {grace_period} is not below the trials' {epochs} epoch(s): ASHA would "
+                          f"stop no trial early; {hint}, or --scheduler none")
 
 
 def storage_path(arg: Optional[str]) -> str:

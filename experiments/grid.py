@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, new_stores_removed_on_refusal, storage_folder
+from experiments.cli import (DEFAULT_STORAGE, check_grace_period, check_run_flags, new_stores_removed_on_refusal,
+                             storage_folder)
 from experiments.spec import Grid, Trial, load_spec
 from pipeline.errors import ConfigError, cli_exit
 
@@ -277,6 +278,7 @@ def _main(a: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     try:
         grid = load_spec(a.spec, max_trials=a.max_trials)
         name = a.name or grid.spec.name
+        check_grace_period(a.grace_period, max((t.config["optim"]["epochs"] for t in grid.trials), default=1))
         if a.dry_run:
             est = estimate(grid, a.tflops)
             if a.json:

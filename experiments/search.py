@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.cli import DEFAULT_STORAGE, check_run_flags, new_stores_removed_on_refusal, storage_folder
+from experiments.cli import (DEFAULT_STORAGE, check_grace_period, check_run_flags, new_stores_removed_on_refusal,
+                             storage_folder)
 from pipeline.errors import ConfigError, cli_exit
 from pipeline.uris import in_memory_sqlite, pinned_sqlite
 
@@ -62,8 +63,7 @@ def parse_args(argv: Optional[list[str]]) -> Any:
     if a.trials is not None and not 1 <= a.trials <= MAX_TRIALS:
         p.error(f"--trials must be 1..{MAX_TRIALS:,}, got {a.trials:,}")
     check_run_flags(p, a)
-    if a.study_storage is not None and not a.study_storage.strip():
-        p.error("--study-storage '': give a SQLAlchemy URL (leave the flag out for the default)")
+    p.refuse_blank("--study-storage", a.study_storage, "give a SQLAlchemy URL (leave the flag out for the default)")
     if a.objective is not None:
         objs = [o.strip() for o in a.objective.split(",")]
         if objs not in (["top1"], ["top1", "gmacs"], ["gmacs", "top1"]):
@@ -171,6 +171,9 @@ def _main(a: Any, stack: contextlib.ExitStack) -> int:
             search.objectives = a.objective
         name = a.name or search.spec.name
         total = a.trials or search.spec.trials
+        epochs = next((max(d.choices if d.choices is not None else [d.high]) for d in search.dims
+                       if d.key == "optim.epochs"), search.config({}).optim.epochs)
+        check_grace_period(a.grace_period, int(epochs))
         if a.check:
             print_space(search)
             return 0

@@ -89,8 +89,7 @@ def state_folder(p, arg: str | None) -> Path:
         if env is not None and not env.strip():
             p.error("ATTNLAB_STATE is set but empty: unset it, or give a folder (or --state DIR)")
         arg = DEFAULT_STATE
-    if not str(arg).strip():  # Path("") is the current folder
-        p.error("--state '': give a folder")
+    p.refuse_blank("--state", str(arg), "give a folder")  # Path("") is the current folder
     state = Path(arg).expanduser().resolve()
     if state.exists() and not state.is_dir():
         p.error(f"--state {state}: not a folder")

@@ -86,6 +86,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_flat(message)} (see {self.prog} --help)\n")
 
+    def refuse_blank(self, flag: str, value: Optional[str], hint: str) -> None:
+        """The one-line error for a flag given as empty or blank (``--storage " "``: it would
+        silently be the current folder or the default), naming the value as typed."""
+        if value == "":
+            self.error(f"{flag} '' is empty: {hint}")
+        if value is not None and not value.strip():
+            self.error(f"{flag} is blank (only whitespace, {len(value)} character(s)): {hint}")
+
     def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
         if message:
             sys.stderr.write(message)

@@ -54,6 +54,8 @@ CASES = [
     ("radius-inf", BASE + "axes:\n  attention: [gaussian]\n  radius: [.inf]\n", "axes.radius[0]: inf is not a finite", 8, None),
     ("lr-inf", "name: t\nbase:\n  optim:\n    lr: .inf\n", "base.optim.lr: inf is not a finite number", 4, None),
     ("lr-nan", "name: t\nbase:\n  optim:\n    lr: .nan\n", "base.optim.lr: nan is not a finite number", 4, None),
+    ("lr-1e3", "name: t\nbase:\n  optim:\n    lr: 1000.0\n", "base.optim.lr: Input should be less than or equal to 10", 4, None),
+    ("lr-axis-too-large", BASE + "axes:\n  optim.lr: [0.1, 50.0]\n", "axes.optim.lr[1]", 7, None),
     ("lr-string", "name: t\nbase:\n  optim:\n    lr: '0.1'\n", "base.optim.lr", 4, None),
     ("epochs-bool", "name: t\nbase:\n  optim:\n    epochs: true\n", "base.optim.epochs", 4, None),
     ("nesterov-without-momentum", "name: t\nbase:\n  optim:\n    nesterov: true\n    momentum: 0.0\n",
@@ -430,9 +432,14 @@ def test_ray_address_where_something_else_answers_is_one_line(command, form, ser
     ("grid", ["--dry-run", "--grace-period", "3"], "--grace-period applies to --scheduler asha only"),
     ("grid", ["--storage", ""], "--storage ''"),
     ("search", ["--check", "--scheduler", "none", "--grace-period", "2"], "--grace-period applies to"),
-    ("search", ["--storage", " "], "--storage ''"),
+    ("grid", ["--spec", str(ROOT / "experiments" / "specs" / "smoke.yaml"), "--dry-run", "--scheduler", "asha",
+              "--grace-period", "12"], "--grace-period 12 is not below the trials' 12 epoch(s): ASHA would stop no"),
+    ("search", ["--check", "--grace-period", "6"], "--grace-period 6 is not below the trials' 6 epoch(s)"),
+    ("search", ["--storage", " "], "--storage is blank (only whitespace, 1 character(s))"),  # echoed as ''
+    ("grid", ["--storage", "\t"], "--storage is blank"),
     ("search", ["--check", "--trials", "1000000000000"], "--trials must be 1..100,000"),
     ("search", ["--check", "--study-storage", ""], "--study-storage ''"),
+    ("search", ["--check", "--study-storage", "  "], "--study-storage is blank (only whitespace, 2 character(s))"),
 ])
 def test_ignored_or_conflicting_flags_are_refused(command, argv, needle, tmp_path):
     """A flag that would be silently ignored (--json on a real run ran the whole grid), an empty
@@ -545,6 +552,7 @@ def test_train_reads_mlflow_tracking_uri(case, tmp_path, monkeypatch):
     (["--grid", "../../escape"], "--grid '../../escape'"),
     (["--grid", ""], "--grid ''"),
     (["--grid", "g", "--out", ""], "--out ''"),
+    (["--grid", "g", "--out", " "], "--out is blank"),
 ])
 def test_report_names_that_are_paths_are_refused(argv, needle, tmp_path):
     """--grid names the default output folder (../../x wrote outside it); an empty --out was the
@@ -696,12 +704,14 @@ def test_storage_uri_of_unknown_scheme_is_one_line(command, storage, needle, tmp
     assert r.returncode == 2 and needle in _one_line(r.stderr) and "--storage" in r.stderr, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("key,value", [("data.workers", "[0, 2]"), ("tracking.run_id", "[a, b]"),
+@pytest.mark.parametrize("key,value", [("optim.lr", "{low: 0.01, high: 1000.0, log: true}"),
+                                       ("data.workers", "[0, 2]"), ("tracking.run_id", "[a, b]"),
                                        ("work_dir", "[/tmp/a, /tmp/b]"), ("threads", "{low: 1, high: 2}"),
                                        ("checkpoint.every", "{low: 1, high: 3}")])
-def test_search_refuses_an_execution_only_dimension(key, value, tmp_path):
+def test_search_refuses_an_execution_only_or_out_of_range_dimension(key, value, tmp_path):
     """A search dimension over a key that only says where or how a trial runs (it was accepted and
-    reached the trials, or did nothing): one line naming the key, exit 2."""
+    reached the trials, or did nothing), or a learning rate beyond any SGD recipe (it had no upper
+    bound): one line naming the key, exit 2."""
     from experiments.search import main as search_main
 
     p = tmp_path / "search.yaml"
@@ -710,4 +720,5 @@ def test_search_refuses_an_execution_only_dimension(key, value, tmp_path):
                  f"space:\n  attention: {{choices: [none, spa]}}\n  {key}: {choices}\n")
     rc, err = _main_exit(search_main, ["--spec", str(p), "--check"])
     line = _one_line(err)
-    assert rc == 2 and f"space.{key}:" in line and "not searched" in line, err
+    assert rc == 2 and f"space.{key}:" in line, err
+    assert ("less than or equal to 10" if key == "optim.lr" else "not searched") in line, err

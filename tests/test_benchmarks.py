@@ -248,6 +248,8 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("cost_table", ["--repeats", "zero"], "--repeats"),
     ("cost_table", ["--out", "{tmp}"], "is a folder, not a file"),
     ("cost_table", ["--only", ","], "--only"),
+    ("cost_table", ["--only", ""], "--only '': give at least one block"),  # ran every block
+    ("cost_table", ["--out", "{tmp}/notes.md"], "has no <!-- cost-table:begin -->"),  # appended to it
     ("cost_table", ["--out", "{tmp}/new/blocks.md", "--only", "zzz"], "--only"),  # --out's folder not made
     ("digits_check", ["--epochs", "0"], "optim.epochs"),
     ("digits_check", ["--target", "nan"], "--target"),
@@ -267,11 +269,13 @@ def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp
     """Out-of-range numbers, unknown names and unusable output paths are refused before a
     benchmark starts (they used to fail minutes later, or never); usage errors are one line
     (ending in a --help pointer), not argparse's usage block."""
+    (tmp_path / "notes.md").write_text("# notes\n\nsomeone's text\n")
     r = _run_module(name, *[f.replace("{tmp}", str(tmp_path)) for f in flags], timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert needle in lines[0] and lines[0].endswith("--help)"), r.stderr
     assert not (tmp_path / "new").exists()  # nothing is made for a command that is refused
+    assert (tmp_path / "notes.md").read_text() == "# notes\n\nsomeone's text\n"
 
 
 # --- every command line's --help: its description is whole sentences ---------------------------
