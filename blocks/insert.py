@@ -34,10 +34,13 @@ Stages are numbered from 1; negative numbers count from the last stage (-1 = las
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
 from . import registry
@@ -188,6 +191,35 @@ def insert_attention(net: Backbone, spec: AttentionSpec) -> list[nn.Module]:
     return inserted
 
 
+#: A model of more parameters than this is refused before it is built: 4 GB of float32 weights,
+#: 16× ResNet-152's 60 M.  Only a block parameter far out of range (``inter_channels: 1e8``,
+#: ``kernel_size: 100001``, a typo) gets there, and building it would fill the memory first.
+MAX_PARAMS = 10**9
+
+
+def size_problem(backbone: str, num_classes: int, attention: Any = None, small_stem: bool = False) -> str | None:
+    """Why the model cannot be built (more than :data:`MAX_PARAMS` parameters), as one line naming
+    the attention and its parameters; None when it can.  The model is counted on PyTorch's meta
+    device (shapes only, no memory) once per distinct model."""
+    spec = resolve_spec(attention, backbone)
+    key = None if spec is None else json.dumps(spec.as_dict(), sort_keys=True, default=str)
+    return _size_problem(backbone, int(num_classes), key, bool(small_stem))
+
+
+@functools.lru_cache(maxsize=1024)
+def _size_problem(backbone: str, num_classes: int, attention: str | None, small_stem: bool) -> str | None:
+    with torch.device("meta"):
+        model = _build(backbone, num_classes, json.loads(attention) if attention else None, small_stem, None)
+    count = sum(p.numel() for p in model.parameters())
+    if count <= MAX_PARAMS:
+        return None
+    spec = model.attention_spec
+    what = ", ".join(f"{k}={v}" for k, v in spec.params.items()) if spec is not None else ""
+    block = f"attention {spec.kind}" + (f" ({what})" if what else "") if spec is not None else "the model"
+    return (f"{backbone} with {block} would have {count:,} parameters, over the limit of {MAX_PARAMS:,}: "
+            f"a block parameter is far too large")
+
+
 def build_model(backbone: str, num_classes: int, attention: Any = None, small_stem: bool = False,
                 pretrained: str | Path | None = None) -> nn.Module:
     """Build ``backbone`` with ``attention`` (a spec, see the module docstring) applied.
@@ -198,8 +230,17 @@ def build_model(backbone: str, num_classes: int, attention: Any = None, small_st
     with a warning (and always skipped for model-level attention, which has its own classifier).
 
     The returned model carries ``attention_spec`` (the resolved :class:`AttentionSpec` or None)
-    and ``attention_modules`` (the inserted blocks) for logging and cost reports.
+    and ``attention_modules`` (the inserted blocks) for logging and cost reports.  A model over
+    :data:`MAX_PARAMS` parameters is a ``ValueError`` (:func:`size_problem`), before any memory
+    is taken.
     """
+    problem = size_problem(backbone, num_classes, attention, small_stem)
+    if problem:
+        raise ValueError(problem)
+    return _build(backbone, num_classes, attention, small_stem, pretrained)
+
+
+def _build(backbone: str, num_classes: int, attention: Any, small_stem: bool, pretrained: str | Path | None) -> nn.Module:
     spec = resolve_spec(attention, backbone)
     net = build_backbone(backbone, num_classes, small_stem=small_stem)
     if pretrained is not None:

@@ -159,7 +159,8 @@ def validate(name: str, params: dict[str, Any]) -> None:
         key = None
     if key is not None and (name, key) in _VALID:
         return
-    create(name, 64, **params)  # raises ValueError/TypeError naming the bad value
+    with torch.device("meta"):  # the constructor's checks without its memory (a huge size is cheap here)
+        create(name, 64, **params)  # raises ValueError/TypeError naming the bad value
     if key is not None:
         _VALID.add((name, key))
 

@@ -46,7 +46,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from blocks import get as get_block
 from blocks import names as block_names
-from blocks.insert import NONE_NAMES, resolve_spec
+from blocks.insert import NONE_NAMES, resolve_spec, size_problem
 from pipeline import catalog
 from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only,
                              identity_tree, min_resolution, validation_problems)
@@ -393,10 +393,7 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
         key = (m.backbone, m.small_stem, cfg.data.resolutions(), _canonical(a))
         if key not in attns:
             attns[key] = None
-            try:
-                resolved = resolve_spec(a, m.backbone)
-            except (KeyError, TypeError, ValueError) as e:
-                msg = e.args[0] if isinstance(e, KeyError) else str(e)
+            def report(msg: str) -> None:  # on the axis the message names, else on the entry
                 axis = next((k for k in sorted(axis_of, key=len, reverse=True) if k in msg), None)
                 if axis is None and "stage" in msg and "stages" in axis_of:
                     axis = "stages"
@@ -404,6 +401,15 @@ def expand(spec: Spec, where: Optional[Lines] = None, max_trials: int = DEFAULT_
                     problems.add(("axes", axis), f"axes.{axis}[{axis_of[axis]}]: {msg}")
                 else:
                     problems.add(entry.path, f"{entry.label}: {msg}")
+
+            try:
+                resolved = resolve_spec(a, m.backbone)
+                problem = size_problem(m.backbone, m.num_classes or cfg.data.num_classes() or 1000, a, m.small_stem)
+            except (KeyError, TypeError, ValueError) as e:
+                report(e.args[0] if isinstance(e, KeyError) else str(e))
+                return None
+            if problem:  # a block size far out of range: before the estimate builds the model
+                report(problem)
                 return None
             stages = resolved.stages if resolved is not None else ()
             need = min_resolution(m.backbone, m.small_stem, stages)

@@ -452,6 +452,11 @@ class TrialConfig(StrictModel):
         if m.num_classes is not None and classes is not None and m.num_classes < classes:
             raise ValueError(f"model.num_classes: {m.num_classes} is fewer than the {classes} classes of "
                              f"{d.dataset!r} (leave it unset to use the dataset's)")
+        from blocks.insert import size_problem
+
+        problem = size_problem(m.backbone, m.num_classes or classes or 1000, m.attention, m.small_stem)
+        if problem:  # a block size far out of range: refused before any memory is taken for it
+            raise ValueError(f"model.attention: {problem}")
         return self
 
 

@@ -74,6 +74,18 @@ CASES = [
     ("train-res-1-nonlocal", "name: t\nbase:\n  model: {attention: nonlocal}\n  data: {train_res: 1}\n", "base.data.train_res", 4, None),
     ("nonlocal-stage4-too-small", "name: t\nbase:\n  model: {backbone: resnet50}\n  data: {train_res: 32}\n"
      "axes:\n  attention: [nonlocal]\n  stages: [[4]]\n", "needs inputs of at least 64 px", 7, None),
+    # block sizes far out of range: counted on the meta device, before any memory is taken (they
+    # filled the memory or allocated 25-180 GB and crashed in the estimate)
+    ("nonlocal-inter-channels-1e8", BASE + "axes:\n  attention: [nonlocal]\n  inter_channels: [100000000]\n",
+     "axes.inter_channels[0]: cifar_resnet20 with attention nonlocal (inter_channels=100000000) would have", 8, 10.0),
+    ("cbam-kernel-100001", BASE + "axes:\n  attention: [cbam]\n  kernel_size: [7, 100001]\n",
+     "axes.kernel_size[1]", 8, 10.0),
+    ("pyramid-dim-1e8", BASE + "axes:\n  attention: [pyramid]\n  dim: [100000000]\n", "over the limit of 1,000,000,000", 8, 10.0),
+    ("spatial-weights-hidden-1e8", BASE + "axes:\n  attention: [spatial_weights]\n  hidden: [100000000]\n", "axes.hidden[0]", 8, 10.0),
+    ("ltpa-global-dim-1e8", BASE + "axes:\n  attention: [ltpa]\n  global_dim: [100000000]\n", "axes.global_dim[0]", 8, 10.0),
+    ("gsa-heads-1e6", BASE + "axes:\n  attention: [gsa]\n  heads: [1000000]\n", "axes.heads[0]", 8, 10.0),
+    ("base-attention-huge", "name: t\nbase:\n  model:\n    attention: {kind: nonlocal, inter_channels: 100000000}\n",
+     "base.model.attention: cifar_resnet20 with attention nonlocal", 4, 10.0),
     # errors inside base.model.attention and dotted axes name their line
     ("base-attention-param", "name: t\nbase:\n  model:\n    backbone: cifar_resnet20\n    attention:\n      kind: spa\n"
      "      topk_ratio: abc\n", "base.model.attention.topk_ratio", 7, None),
@@ -722,3 +734,27 @@ def test_search_refuses_an_execution_only_or_out_of_range_dimension(key, value, 
     line = _one_line(err)
     assert rc == 2 and f"space.{key}:" in line, err
     assert ("less than or equal to 10" if key == "optim.lr" else "not searched") in line, err
+
+
+@pytest.mark.parametrize("command", ["train", "search", "cost"])
+def test_a_block_size_far_out_of_range_is_one_line_before_any_memory(command, tmp_path):
+    """A block parameter that would make a model of billions of parameters (it filled the memory
+    or crashed after allocating tens of GB): one line naming it, counted on the meta device."""
+    from blocks.cost import main as cost_main
+    from experiments.search import main as search_main
+    from pipeline.train import main as train_main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nbase:\n  model: {backbone: cifar_resnet20}\n  data: {dataset: digits}\n"
+                    "space:\n  attention: {choices: [{kind: nonlocal, stages: [2]}]}\n"
+                    "  inter_channels: {low: 1, high: 100000000}\n")
+    main, argv = {"train": (train_main, ["--set", f"work_dir={tmp_path / 'w'}", "--set",
+                                         "model.attention={kind: nonlocal, inter_channels: 100000000}"]),
+                  "search": (search_main, ["--spec", str(spec), "--check"]),
+                  "cost": (cost_main, ["--backbone", "cifar_resnet20", "--attention", "gsa", "--param", "heads=1000000"]),
+                  }[command]
+    t = time.perf_counter()
+    rc, err = _main_exit(main, argv)
+    assert rc == 2 and "over the limit of 1,000,000,000" in _one_line(err), err
+    assert time.perf_counter() - t < 20
+    assert not (tmp_path / "w").exists()
