@@ -40,7 +40,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -51,7 +51,7 @@ from pipeline import catalog
 from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only,
                              identity_tree, min_resolution, validation_problems)
 from pipeline.errors import ConfigError
-from pipeline.yamlio import Lines, Problems, load_file
+from pipeline.yamlio import Lines, Problems, load_file, non_finite
 
 ATTN_AXES = ("stages", "slot", "every")  # placement axes: attention trials only
 DEFAULT_MAX_TRIALS = 10_000  # experiments/grid.py --max-trials raises it
@@ -155,19 +155,6 @@ def trial_id(cfg: TrialConfig) -> str:
 # --------------------------------------------------------------------------------------------
 # checking the parts (every problem, with its line)
 # --------------------------------------------------------------------------------------------
-
-def _non_finite(tree: Any, path: tuple = ()) -> Iterator[tuple[tuple, float]]:
-    """Every ``inf``/``nan`` in a loaded tree, with its key path."""
-    stack = [(tree, path)]
-    while stack:
-        node, p = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, p + (k,)) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, p + (i,)) for i, v in enumerate(node))
-        elif isinstance(node, float) and not math.isfinite(node):
-            yield p, node
-
 
 @dataclass
 class _Entry:
@@ -504,7 +491,7 @@ def grid_from_tree(raw: Any, path: Optional[Path] = None, lines: Optional[Lines]
         raise ConfigError(f"{first}: a spec must be a mapping with name/base/axes/seeds, got "
                           f"{type(raw).__name__ if raw is not None else 'an empty document'}")
     problems = Problems(where)
-    for p, v in _non_finite(raw):  # an axis value's problems name the axis line, like the others
+    for p, v in non_finite(raw):  # an axis value's problems name the axis line, like the others
         problems.add(p[:2] if p[0] == "axes" else p, f"{_dotted(p)}: {v} is not a finite number")
     spec = problems.validate(Spec, raw)
     grid = expand(spec, where, max_trials=max_trials, problems=problems)

@@ -25,9 +25,10 @@ returned :class:`Lines` maps a key path (``("axes", "radius", 0)``) to its 1-bas
 from __future__ import annotations
 
 import codecs
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from ruamel.yaml import YAML
 from ruamel.yaml.composer import Composer, ComposerError, MaxDepthExceededError
@@ -271,6 +272,14 @@ def loads(text: str, source: str = "<text>", *, max_depth: int = MAX_DEPTH,
 def load_file(path: Union[str, Path], *, what: str = "config file", max_bytes: int = MAX_BYTES,
               max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> tuple[Any, Lines]:
     """Read ``path`` (YAML or JSON) within the limits above; ``what`` names it in errors."""
+    return loads(read_text(path, what=what, max_bytes=max_bytes), str(path), max_depth=max_depth,
+                 max_nodes=max_nodes)
+
+
+def read_text(path: Union[str, Path], *, what: str = "config file", max_bytes: int = MAX_BYTES) -> str:
+    """The UTF-8 text of the regular file ``path``, at most ``max_bytes``; ConfigError (one
+    line) for an empty path, a folder, a FIFO or device (not a regular file), an unreadable or
+    oversized file, or bytes that are not UTF-8."""
     if not str(path).strip():  # Path("") is the current folder
         raise ConfigError(f"{what}: the path is empty")
     p = Path(path)
@@ -287,7 +296,20 @@ def load_file(path: Union[str, Path], *, what: str = "config file", max_bytes: i
         raise ConfigError(f"{source}: cannot read the {what}: {e.strerror or type(e).__name__}") from None
     if len(data) > max_bytes:
         raise ConfigError(f"{source}: {what} is over {max_bytes:,} bytes")
-    return loads(_decode(data, source), source, max_depth=max_depth, max_nodes=max_nodes)
+    return _decode(data, source)
+
+
+def non_finite(tree: Any, path: tuple = ()) -> Iterator[tuple[tuple, float]]:
+    """Every ``inf``/``nan`` in a loaded tree (``.inf``, ``1e400``), with its key path."""
+    stack = [(tree, path)]
+    while stack:
+        node, p = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, p + (k,)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, p + (i,)) for i, v in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            yield p, node
 
 
 def parse_scalar(text: str, what: str = "value") -> Any:

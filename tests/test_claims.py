@@ -130,6 +130,15 @@ BAD = [
             setting: {model: {backbone: resnet50}}
         """), 2, "needs value"),
     ("bad versus", "    setting:\n", "    versus: {model: {attention: bogus}}\n    setting:\n", 9, "claims[0].versus"),
+    # numbers no paper publishes (they were accepted and synced to MLflow)
+    ("nan value", "value: 76.61", "value: .nan", 8, "claims[0].value: nan is not a finite number"),
+    ("inf value", "value: 76.61", "value: .inf", 8, "claims[0].value: inf is not a finite number"),
+    ("1e400 value", "value: 76.61", "value: 1e400", 8, "claims[0].value: inf is not a finite number"),
+    ("top1 over 100", "value: 76.61", "value: 150", 8, "claims[0].value: top1 is a percentage: a value of 150 is outside 0 … 100"),
+    ("top1 negative", "value: 76.61", "value: -5", 8, "claims[0].value: top1 is a percentage"),
+    ("versus changes nothing", "    setting:\n", "    versus: {model: {attention: ssa}}\n    setting:\n", 9,
+     "claims[0].versus: changes nothing in the setting"),
+    ("versus empty", "    setting:\n", "    versus: {}\n    setting:\n", 9, "claims[0].versus: changes nothing"),
     ("default from defaults", GOOD, "defaults:\n  status: maybe\n" + GOOD.replace("    status: verified\n", ""), 2,
      "claims[0].status"),
 ]
@@ -139,7 +148,7 @@ BAD = [
 def test_schema_error_is_one_line_with_file_and_line(tmp_path, what, old, new, line, text):
     assert old in GOOD or old == GOOD
     body = new if old == GOOD else GOOD.replace(old, new, 1)
-    if what == "bad versus":  # a comparison needs versus, delta; turn the value claim into one
+    if what in ("bad versus", "versus changes nothing", "versus empty"):  # a comparison: versus, delta
         body = body.replace("kind: value", "kind: comparison").replace("value: 76.61", "delta: 1.0")
     f = tmp_path / "bad.yaml"
     f.write_text(body)
@@ -311,3 +320,28 @@ def test_partial_sync_removes_only_its_own_files_claims(tmp_path, mlflow_server)
     out = sync(mlflow_server, claims, exp, files=[b])
     assert list(out["created"]) == ["b.d"] and list(out["removed"]) == ["b.c"]
     assert "a.b" not in out["removed"]
+
+
+@pytest.mark.parametrize("case", ["fifo", "device", "empty", "folder", "alias-bomb"])
+def test_claims_file_that_is_not_a_regular_file_is_one_line(case, tmp_path):
+    """A FIFO (it blocked until killed), a device (/dev/zero filled the memory), an empty path (it
+    read as the current folder) or an alias bomb: one line, exit 2, at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    path = {"fifo": tmp_path / "fifo", "device": "/dev/zero", "empty": "", "folder": tmp_path,
+            "alias-bomb": tmp_path / "bomb.yaml"}[case]
+    if case == "fifo":
+        os.mkfifo(path)
+    if case == "alias-bomb":
+        path.write_text("x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+                        + "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)))
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "experiments.claims", "validate", str(path)], capture_output=True,
+                       text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert {"fifo": "is not a file", "device": "is not a file", "empty": "is empty", "folder": "is not a file",
+            "alias-bomb": "aliases expanded"}[case] in r.stderr, r.stderr
+    assert time.perf_counter() - t < 20

@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.yamlio import loads, non_finite, read_text
 
 CLAIMS_DIR = Path(__file__).resolve().parent
 EXPERIMENT = "claims"
@@ -144,11 +145,34 @@ class _ClaimBase(_Strict):
     note: Optional[str] = None
 
 
+#: Metrics published as percentages (0 … 100); the others are counts or errors (≥ 0).
+PERCENT_METRICS = ("top1", "top5", "top1_err", "top5_err", "ap_box", "ap_mask", "miou")
+
+
+def _range_problem(metric: str, value: float, difference: bool = False) -> Optional[str]:
+    """Why ``value`` (or, ``difference``, a difference of two values) cannot be a published
+    figure of ``metric``; None when it can."""
+    if metric in PERCENT_METRICS:
+        lo, hi = (-100.0, 100.0) if difference else (0.0, 100.0)
+        if not lo <= value <= hi:
+            return f"{metric} is a percentage: {'a difference' if difference else 'a value'} of {value:g} is outside {lo:g} … {hi:g}"
+    elif not difference and value < 0:
+        return f"{metric} cannot be negative, got {value:g}"
+    return None
+
+
 class ValueClaim(_ClaimBase):
     kind: Literal["value"]
     metric: Metric
     value: float
     tolerance: float = Field(0.0, ge=0)  # the published rounding
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "ValueClaim":
+        problem = _range_problem(self.metric, self.value)
+        if problem:
+            raise ValueError(f"value: {problem}")
+        return self
 
 
 class ComparisonClaim(_ClaimBase):
@@ -159,6 +183,13 @@ class ComparisonClaim(_ClaimBase):
     op: Literal["==", ">=", "<="] = "=="
     relative: bool = False  # delta in % of the versus value
     tolerance: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "ComparisonClaim":
+        problem = None if self.relative else _range_problem(self.metric, self.delta, difference=True)
+        if problem:
+            raise ValueError(f"delta: {problem}")
+        return self
 
 
 class DirectionClaim(_ClaimBase):
@@ -207,6 +238,8 @@ class StructuralClaim(_ClaimBase):
                 raise ValueError("structural claim with op '==' needs value")
             if self.op != "==" and self.versus is None:
                 raise ValueError(f"op {self.op!r} compares with versus: give versus")
+            if self.value is not None and self.versus is None and self.value < 0:  # with versus: a difference
+                raise ValueError(f"value: {self.metric} cannot be negative, got {self.value:g}")
         return self
 
 
@@ -358,14 +391,23 @@ def _one_error(e: ValidationError, file: Path, lines: dict[tuple, int], index: i
 
 def load_file(path: Path) -> tuple[list[LoadedClaim], list[str]]:
     """Claims of one file, and its errors (one line each, ``file:line: where: what``)."""
+    try:  # a regular file of bounded size (a FIFO blocked, a device filled the memory)
+        text = read_text(path, what="claims file")
+    except ConfigError as e:
+        return [], [str(e)]
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return [], [f"{_rel(path)}: cannot read: {e}"]
+    try:  # YAML 1.2 within bounds first: aliases expanded up to a limit, nesting bounded
+        raw, _ = loads(text, _rel(path))
+        bounded = None
+    except ConfigError as e:
+        bounded = e
+        msg = str(e)
+        if "not valid YAML" not in msg or any(w in msg for w in ("nested", "alias", "limit")):
+            return [], [msg]  # a bound, not a syntax error: PyYAML's composer would not return
     try:
         lines = _compose_lines(text)
-        raw = yaml.safe_load(text)
+        if bounded is not None:  # a syntax error PyYAML did not see
+            return [], [str(bounded)]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -376,6 +418,11 @@ def load_file(path: Path) -> tuple[list[LoadedClaim], list[str]]:
         return [], [f"{_rel(path)}{line}: not valid YAML: {what}"]
     if not isinstance(raw, dict):
         return [], [f"{_rel(path)}:1: the top level must be a mapping with 'claims:' (and optional 'defaults:')"]
+    bad = next(non_finite(raw), None)  # .nan, .inf, 1e400: no published figure, and MLflow would get it
+    if bad is not None:
+        at, v = bad
+        where = ".".join(f"[{k}]" if isinstance(k, int) else str(k) for k in at).replace(".[", "[")
+        return [], [f"{_rel(path)}:{_line_of(lines, *at)}: {where}: {v} is not a finite number"]
     try:
         f = ClaimFile.model_validate(raw)
     except ValidationError as e:
@@ -404,7 +451,12 @@ def load_file(path: Path) -> tuple[list[LoadedClaim], list[str]]:
             over = getattr(claim, side, None)
             if over is not None:
                 try:
-                    Setting.model_validate(deep_merge(merged["setting"], over))
+                    other = Setting.model_validate(deep_merge(merged["setting"], over))
+                    if other == claim.setting:  # nothing to compare: the same setting twice
+                        errors.append(f"{_rel(path)}:{_line_of(lines, 'claims', i, side)}: claims[{i}].{side}: "
+                                      f"changes nothing in the setting (claim {claim.id}); give what the other "
+                                      f"side differs in, e.g. {{model: {{attention: none}}}}")
+                        claim = None
                 except ValidationError as e:
                     err = e.errors()[0]
                     _, loc = _fmt_loc(err["loc"], None)

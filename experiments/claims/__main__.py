@@ -26,11 +26,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                            ("check", "structural claims: build the models and count"),
                            ("sync", "write the claims into MLflow (one run per claim; idempotent)")):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("files", nargs="*", type=Path, help="claim files (default: experiments/claims/*.yaml)")
+        s.add_argument("files", nargs="*", help="claim files (default: experiments/claims/*.yaml)")
         if name == "sync":
             s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
             s.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default {EXPERIMENT!r})")
     a = p.parse_args(argv)
+    for f in a.files:  # Path("") would be the current folder
+        p.refuse_blank("a claims file path", f, "give a claims file (or none for the registry's)")
+    a.files = [Path(f) for f in a.files]
     if a.cmd == "sync" and not 0 < len(a.experiment.strip()) <= 500:
         p.error(f"--experiment {a.experiment[:40]!r}: an MLflow experiment name is 1..500 characters")
     try:
