@@ -50,10 +50,16 @@ class StrictModel(BaseModel):
                               allow_inf_nan=False)
 
 
+EMPTY_PATH = "the path is empty: leave the key out (or null) for the default"
+
+
 def abs_path(value: Optional[str | Path]) -> Optional[Path]:
-    """``~`` expanded and made absolute (not required to exist); ``None``/``""`` stay ``None``."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """``~`` expanded and made absolute (not required to exist); ``None`` stays ``None``.  An
+    empty or blank string is a ``ValueError``: it read as "unset" (or the current folder) before."""
+    if value is None:
         return None
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(EMPTY_PATH)
     if not isinstance(value, (str, Path)):
         raise ValueError(f"expected a path, got {type(value).__name__} {value!r}")
     return Path(value).expanduser().resolve()
@@ -272,7 +278,7 @@ class ModelConfig(StrictModel):
     @classmethod
     def _absolute_checkpoint(cls, v):
         # absolute where the config is built (not re-read in each trial's working folder)
-        return str(abs_path(v)) if v is not None and str(v).strip() else None
+        return str(abs_path(v)) if v is not None else None
 
     @field_validator("backbone")
     @classmethod
@@ -363,6 +369,13 @@ class TrackingConfig(StrictModel):
     tags: dict[str, str] = Field(default_factory=dict)
     log_maps: bool = True  # attention maps of a fixed validation batch at the end
     map_images: int = Field(8, gt=0, le=64)
+
+    @field_validator("uri", "run_id", "parent_run_id", mode="before")
+    @classmethod
+    def _not_blank(cls, v):  # "" read as unset: a new run, or the default store, without a word
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("the value is empty; leave the key out (or null) for the default")
+        return v
 
     @field_validator("uri", mode="before")
     @classmethod

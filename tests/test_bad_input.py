@@ -104,6 +104,8 @@ CASES = [
     ("execution-axis-work-dir", BASE + "axes:\n  work_dir: [/tmp/a, /tmp/b]\n", "axes.work_dir: 'work_dir' says", 7, None),
     ("execution-axis-name", BASE + "axes:\n  name: [a, b]\n", "axes.name: 'name' says", 7, None),
     ("execution-axis-threads", BASE + "axes:\n  attention: [spa]\n  threads: [1, 2]\n", "axes.threads: 'threads'", 8, None),
+    ("work-dir-empty", "name: t\nbase:\n  work_dir: ''\n", "base.work_dir: the path is empty", 3, None),  # was the cwd
+    ("tracking-uri-empty", "name: t\nbase:\n  tracking: {uri: ' '}\n", "base.tracking.uri: the value is empty", 3, None),
     ("data-root-is-a-file", "name: t\nbase:\n  data:\n    dataset: cifar10\n    root: " + __file__ + "\n",
      "data.root: not a folder", 5, None),
 ]
@@ -758,3 +760,17 @@ def test_a_block_size_far_out_of_range_is_one_line_before_any_memory(command, tm
     assert rc == 2 and "over the limit of 1,000,000,000" in _one_line(err), err
     assert time.perf_counter() - t < 20
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key", ["model.pretrained", "tracking.uri", "tracking.run_id", "checkpoint.dir", "data.root",
+                                 "data.beton_dir", "data.jpeg_dir", "work_dir", "fault.once_file"])
+def test_train_refuses_an_empty_path_or_uri_value(key, tmp_path):
+    """``--set KEY=""``: an empty path or URI read as "unset" (training from scratch without the
+    named checkpoint, a local ./mlflow.db, the current folder); now one line naming the key."""
+    from pipeline.train import main as train_main
+
+    work = [] if key == "work_dir" else ["--set", f"work_dir={tmp_path / 'w'}"]
+    rc, err = _main_exit(train_main, work + ["--set", f"{key}=''"])
+    line = _one_line(err)
+    assert rc == 2 and f"--set {key}:" in line and "empty" in line, err
+    assert not list(tmp_path.iterdir())

@@ -65,7 +65,9 @@ def test_paths_are_absolute_at_config_time(tmp_path, monkeypatch):
     c = DataConfig(dataset="imagefolder", root="data/x", beton_dir="~/b")
     assert c.root == tmp_path / "data" / "x"
     assert c.beton_dir == Path(os.path.expanduser("~/b"))
-    assert DataConfig(root="").root is None
+    for key in ("root", "beton_dir", "jpeg_dir"):  # "" read as unset before: refused, named
+        with pytest.raises(ValidationError, match="the path is empty"):
+            DataConfig(**{key: " "})
 
 
 def test_mean_and_std_come_together():

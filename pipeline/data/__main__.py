@@ -139,9 +139,9 @@ def _info(args) -> int:
 
     from . import store
 
-    folder = abs_path(args.dir)
-    if folder is None:
+    if not str(args.dir).strip():
         raise ConfigError("info: the path is empty")
+    folder = abs_path(args.dir)
     try:
         m = store.read_manifest(folder)
     except ConfigError as e:
