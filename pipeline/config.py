@@ -473,6 +473,16 @@ class TrialConfig(StrictModel):
         return self
 
 
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of ``tree``, or None where the path does not exist."""
+    node: Any = tree
+    for p in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(p)
+    return node
+
+
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -538,6 +548,11 @@ def load_trial_config(path: Optional[str | Path] = None, overrides: Sequence[str
             if lost:  # "a.b=1 a=x": the later one would silently drop the earlier
                 raise ValueError(f"--set {k} replaces the whole of {k}, dropping --set {lost[0]} given before it; "
                                  f"give --set {k} first")
+            before = _get_dotted(tree, k)
+            dropped = sorted(set(before) - set(v)) if isinstance(before, dict) and isinstance(v, dict) else []
+            if dropped and k != "model.attention":  # an attention spec is one value: replaced whole
+                raise ValueError(f"--set {k} replaces the whole of {k}, dropping {k}.{dropped[0]} of the config "
+                                 f"file; set the keys one by one (--set {k}.KEY=VALUE)")
             _set_dotted(tree, k, v)
             overridden.add(k)
     except ValueError as e:

@@ -774,3 +774,17 @@ def test_train_refuses_an_empty_path_or_uri_value(key, tmp_path):
     line = _one_line(err)
     assert rc == 2 and f"--set {key}:" in line and "empty" in line, err
     assert not list(tmp_path.iterdir())
+
+
+def test_train_set_of_a_whole_section_that_drops_config_file_keys_is_refused(tmp_path):
+    """``--set optim={lr: 0.1}`` on a config file that sets optim.epochs silently put epochs back
+    to its default; the attention spec, one value, is still replaced whole."""
+    from pipeline.config import load_trial_config
+    from pipeline.errors import ConfigError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim: {epochs: 3, lr: 0.05}\nmodel: {attention: {kind: spa, topk_ratio: 0.5}}\n")
+    with pytest.raises(ConfigError, match=r"--set optim replaces the whole of optim, dropping optim.epochs"):
+        load_trial_config(cfg, ["optim={lr: 0.1}"])
+    assert load_trial_config(cfg, ["optim={lr: 0.1, epochs: 4}"]).optim.epochs == 4
+    assert load_trial_config(cfg, ["model.attention={kind: nonlocal}"]).model.attention == {"kind": "nonlocal"}
