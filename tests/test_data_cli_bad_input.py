@@ -173,3 +173,43 @@ def test_on_cluster_checks_its_flags_and_address_before_ray(tmp_path, ray_addres
                         "--on-cluster", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("first,second", [("jpeg", "beton"), ("beton", "jpeg")])
+def test_a_write_of_the_other_format_into_the_same_folder_is_refused(first, second, tmp_path, capsys):
+    """A JPEG copy and beton files share the name manifest.json: writing one into the other's
+    folder replaced its manifest (exit 0), orphaning its files.  Now one line, the folder as it
+    was; --force still replaces it."""
+    root = make_imagefolder(tmp_path / "if")
+    out = tmp_path / "o"
+    if first == "jpeg":
+        assert cli(["write", "imagefolder", "--root", str(root), "--out", str(out), "--format", "jpeg", "--quiet",
+                    "--workers", "1"]) == 0
+    else:  # the manifest of beton files (their writer needs FFCV; the manifest is what matters here)
+        out.mkdir()
+        (out / "manifest.json").write_text('{"format": "attnlab-beton", "version": 1, "dataset": "digits"}')
+    before = (out / "manifest.json").read_bytes()
+    argv = (["write", "digits", "--out", str(out), "--quiet"] if second == "beton" else
+            ["write", "imagefolder", "--root", str(root), "--out", str(out), "--format", "jpeg", "--quiet"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    what = "a JPEG copy of imagefolder" if first == "jpeg" else "beton files of digits"
+    assert f"holds {what}; write into another folder (--out), or pass --force" in err, err
+    assert (out / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["root", "inside"])
+def test_out_at_or_inside_the_source_root_is_refused(where, tmp_path, capsys):
+    """--out equal to --root or inside it wrote the copy into the dataset (root/train/images
+    became a class without images); now one line and nothing written."""
+    root = make_imagefolder(tmp_path / "if")
+    out = root if where == "root" else root / "train"
+    listing = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        cli(["write", "imagefolder", "--root", str(root), "--out", str(out), "--format", "jpeg", "--quiet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "lies inside --root" in err and err.count("\n") == 1, err
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == listing

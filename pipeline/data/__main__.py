@@ -97,6 +97,11 @@ def _write(args) -> int:
     from .write import resolve_policy, write_betons
 
     cfg = _write_config(args)
+    if cfg.root is not None and cfg.beton_dir is not None and cfg.beton_dir.is_relative_to(cfg.root):
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"--out {cfg.beton_dir} lies inside --root {cfg.root}: the written files would become "
+                          "part of the dataset they are made from; give a folder outside it")
     entry = get_dataset(cfg.dataset)
     source = load_source(cfg)
     workers = cfg.workers or default_workers()

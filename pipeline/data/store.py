@@ -75,6 +75,21 @@ def read_manifest(folder: Path, fmt: str = FORMAT) -> Optional[dict]:
     return m
 
 
+def other_format_problem(folder: Path, fmt: str) -> Optional[str]:
+    """Why a write of ``fmt`` files into ``folder`` must not go on without ``--force``: the
+    folder's manifest belongs to the other format (beton files and a JPEG copy share the name
+    manifest.json, and the write would orphan the other's files).  None otherwise."""
+    try:
+        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # absent, or damaged: the writer's own checks
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT, JPEG_FORMAT) or m.get("format") == fmt:
+        return None
+    what = "a JPEG copy" if m["format"] == JPEG_FORMAT else "beton files"
+    return (f"{folder}: holds {what} of {m.get('dataset')}; write into another folder (--out), or pass "
+            f"--force to replace it")
+
+
 def verify(folder: Path, manifest: dict) -> None:
     """Every beton is present, of the recorded size and digest; else a one-line ConfigError."""
     for split in SPLITS:
