@@ -116,6 +116,19 @@ CASES = {
     "list with an argument": (lambda t: ["list", "extra"], "extra"),
     # empty paths (Path("") is the current folder; both ended in a TypeError traceback)
     "out empty": (lambda t: W + ["digits", "--out", ""], "--out"),
+    # flags the write does not read: they were ignored (exit 0, not in the stored policy)
+    "compress prob with auto=raw": (lambda t: W + ["digits", "--compress-prob", "0.3", "--out", str(t / "o")],
+                                    "--compress-prob does not apply to write mode raw"),
+    "jpeg quality with raw": (lambda t: W + ["digits", "--jpeg-quality", "50", "--write-mode", "raw", "--out",
+                                             str(t / "o")], "--jpeg-quality does not apply to --write-mode raw"),
+    "write mode with a JPEG copy": (lambda t: W + ["imagefolder", "--root", str(make_imagefolder(t / "if")), "--format",
+                                                   "jpeg", "--write-mode", "raw", "--out", str(t / "o")],
+                                    "--write-mode does not apply to --format jpeg"),
+    "compress prob with a JPEG copy": (lambda t: W + ["imagefolder", "--root", str(make_imagefolder(t / "if")),
+                                                      "--format", "jpeg", "--compress-prob", "0.9", "--out",
+                                                      str(t / "o")], "--compress-prob does not apply to --format jpeg"),
+    "root for a built-in dataset": (lambda t: W + ["digits", "--root", str(t / "nowhere"), "--out", str(t / "o")],
+                                    "--root: digits is built in"),
     "info on an empty path": (lambda t: ["info", ""], "empty"),
 }
 

@@ -45,11 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--root", help="dataset folder (not needed for digits, synthetic)")
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--max-res", type=int, default=256, help="longest stored side (default 256)")
-    w.add_argument("--jpeg-quality", type=int, default=90)
-    w.add_argument("--compress-prob", type=float, default=0.5,
+    # None: not given (a flag given for a write it does not apply to is refused, not ignored)
+    w.add_argument("--jpeg-quality", type=int, default=None, help="JPEG quality (default 90)")
+    w.add_argument("--compress-prob", type=float, default=None,
                    help="share of images stored as JPEG in 'proportion' mode (default 0.5)")
-    w.add_argument("--write-mode", default="auto", choices=["auto", "raw", "jpg", "proportion"],
-                   help="auto: raw for small fixed-size images, else proportion")
+    w.add_argument("--write-mode", default=None, choices=["auto", "raw", "jpg", "proportion"],
+                   help="beton files: auto (default): raw for small fixed-size images, else proportion")
     w.add_argument("--workers", type=int, default=None, help="writer processes")
     w.add_argument("--force", action="store_true", help="rewrite even if up to date")
     w.add_argument("--format", default="beton", choices=["beton", "jpeg"],
@@ -83,12 +84,36 @@ def _write_config(args):
         raise ConfigError(f"--{next(iter(synth)).replace('_', '-')}: only for the synthetic dataset")
     if not args.out.strip():
         raise ConfigError("--out: the path is empty")
-    kw = dict(dataset=args.dataset, root=args.root, beton_dir=args.out, max_res=args.max_res,
-              jpeg_quality=args.jpeg_quality, compress_prob=args.compress_prob,
-              write_mode=args.write_mode, workers=args.workers)
+    kw = dict(dataset=args.dataset, root=args.root, beton_dir=args.out, max_res=args.max_res, workers=args.workers)
+    kw.update({k: getattr(args, k) for k in ("jpeg_quality", "compress_prob", "write_mode")
+               if getattr(args, k) is not None})
     if synth:
         kw["synthetic"] = synth
-    return _data_config(DataConfig, kw)
+    cfg = _data_config(DataConfig, kw)
+    from pipeline.catalog import info as catalog_info
+
+    if args.root is not None and not catalog_info(cfg.dataset).needs_root:
+        raise ConfigError(f"--root: {cfg.dataset} is built in, it reads no folder; leave --root out")
+    if args.format == "jpeg":
+        _unused_flags(args, {"jpeg_quality"}, "--format jpeg (a JPEG copy)")
+    elif cfg.write_mode != "auto":
+        _unused_flags(args, set(_policy_keys(cfg.write_mode)), f"--write-mode {cfg.write_mode}")
+    return cfg
+
+
+def _policy_keys(mode: str) -> tuple[str, ...]:
+    """The flags a beton write in ``mode`` reads (besides --max-res)."""
+    return {"raw": (), "jpg": ("jpeg_quality",), "proportion": ("jpeg_quality", "compress_prob")}[mode]
+
+
+def _unused_flags(args, used: set[str], what: str) -> None:
+    """A ConfigError for the first of --jpeg-quality/--compress-prob/--write-mode given although
+    the write ``what`` does not read it."""
+    from pipeline.errors import ConfigError
+
+    for k in ("write_mode", "jpeg_quality", "compress_prob"):
+        if getattr(args, k) is not None and k not in used and not (k == "write_mode" and what.startswith("--write")):
+            raise ConfigError(f"--{k.replace('_', '-')} does not apply to {what}; leave it out")
 
 
 def _write(args) -> int:
@@ -111,7 +136,11 @@ def _write(args) -> int:
         res = write_jpeg_store(entry, source, jpeg_policy(cfg), cfg.beton_dir, force=args.force,
                                workers=workers, progress=not args.quiet)
     else:
-        res = write_betons(entry, source, resolve_policy(cfg, source), cfg.beton_dir,
+        policy = resolve_policy(cfg, source)
+        if cfg.write_mode == "auto":  # known now, from the images
+            _unused_flags(args, set(_policy_keys(policy["write_mode"])) | {"write_mode"},
+                          f"write mode {policy['write_mode']} (auto, for these images)")
+        res = write_betons(entry, source, policy, cfg.beton_dir,
                            force=args.force, workers=workers, progress=not args.quiet)
     m = res.manifest
     verb = "wrote" if res.written else "up to date (use --force to rewrite):"
