@@ -49,7 +49,7 @@ from blocks import names as block_names
 from blocks.insert import NONE_NAMES, resolve_spec, size_problem
 from pipeline import catalog
 from pipeline.config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only,
-                             identity_tree, min_resolution, validation_problems)
+                             identity_tree, min_resolution, repeated, validation_problems)
 from pipeline.errors import ConfigError
 from pipeline.yamlio import Lines, Problems, load_file, non_finite
 
@@ -173,6 +173,10 @@ def _attention_entries(spec: Spec, problems: Problems) -> list[_Entry]:
             problems.add(("axes", "attention"), "axes.attention: an axis needs a non-empty list of values "
                                                 "(leave it out for the base's attention)")
             return []
+        twice = repeated(spec.axes["attention"])
+        if twice:
+            problems.add(("axes", "attention", twice[1]), f"axes.attention[{twice[1]}]: "
+                         f"{spec.axes['attention'][twice[1]]!r} repeats axes.attention[{twice[0]}] (list each once)")
         values = [(v, ("axes", "attention", i)) for i, v in enumerate(spec.axes["attention"])]
         label = "axes.attention[{i}]"
     elif isinstance(model, dict) and model.get("attention") is not None:
@@ -219,8 +223,12 @@ def _split_axes(spec: Spec, kinds: list[str], problems: Problems, entries_ok: bo
     for k, values in spec.axes.items():
         if k == "attention":
             continue
+        twice = repeated(values) if isinstance(values, list) else None
         if not values:
             problems.add(("axes", k), f"axes.{k}: an axis needs a non-empty list of values")
+        elif twice:  # a typo more likely than a wish for the same trials twice (they would be merged)
+            problems.add(("axes", k), f"axes.{k}[{twice[1]}]: {values[twice[1]]!r} repeats axes.{k}[{twice[0]}] "
+                                      f"(list each value once)")
         elif k == "seed":
             problems.add(("axes", k), "axes.seed: seeds are set by 'seeds:' (a count or a list of seeds), "
                                       "not by an axis")

@@ -18,6 +18,7 @@ package (datasets come from the leaf :mod:`pipeline.catalog`); a :class:`ModelCo
 """
 from __future__ import annotations
 
+import json
 import os
 
 import re
@@ -31,7 +32,7 @@ from .uris import SQLITE, pinned_sqlite
 
 __all__ = ["StrictModel", "SyntheticSpec", "DataConfig", "ModelConfig", "OptimConfig", "CheckpointConfig",
            "TrackingConfig", "FaultConfig", "TrialConfig", "abs_path", "load_trial_config", "validate_trial",
-           "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "execution_only", "min_resolution",
+           "check_data_root", "applicable_params", "identity_tree", "EXECUTION_ONLY", "execution_only", "repeated", "value_key", "min_resolution",
            "attention_param_problems", "validation_problems", "MIN_RES", "MAX_RES", "MAX_CLASSES", "NAME_PATTERN"]
 
 MIN_RES, MAX_RES = 8, 1024  # training/eval resolution in px (and the backbone's own minimum)
@@ -509,6 +510,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ValueError(f"--set expects key=value, got {text!r}")
+    if not all(p.strip() for p in key.split(".")):  # ".lr", "optim..lr", "optim."
+        raise ValueError(f"--set {key}: a dotted key with an empty part (e.g. optim.lr)")
     try:
         return key, parse_scalar(raw, f"--set {key}")
     except ConfigError as e:
@@ -634,6 +637,32 @@ EXECUTION_ONLY = (
     "data.root", "data.workers", "data.beton_dir",  # where the data is, how many readers
     "data.val_batch_size",  # evaluation runs in eval mode: the batch size does not change results
 )
+
+
+def value_key(value: Any) -> str:
+    """A canonical text of a spec value, equal for values that are equal as numbers (``1`` and
+    ``1.0``; ``true`` stays apart from ``1``): to find a value listed twice."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        return v
+
+    return json.dumps(norm(value), sort_keys=True, default=str)
+
+
+def repeated(values: list[Any]) -> Optional[tuple[int, int]]:
+    """``(first, later)`` indices of the first value of ``values`` listed twice, else None."""
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        k = value_key(v)
+        if k in seen:
+            return seen[k], i
+        seen[k] = i
+    return None
 
 
 def execution_only(dotted: str) -> Optional[str]:

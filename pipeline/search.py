@@ -41,7 +41,8 @@ from typing import Any, Optional, Union
 import optuna
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .config import NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only, validation_problems
+from .config import (NAME_PATTERN, StrictModel, TrialConfig, attention_problems, execution_only, validation_problems,
+                     value_key)
 from .errors import ConfigError, folder_problem
 from .uris import foreign_sqlite, sqlite_path
 from .yamlio import Lines, Problems, load_file
@@ -100,9 +101,7 @@ class DimSpec(StrictModel):
                 raise ValueError("give either choices or a range (low/high), not both")
             if not self.choices:
                 raise ValueError("empty choices: give at least one value")
-            import json
-
-            seen = [json.dumps(c, sort_keys=True, default=str) for c in self.choices]
+            seen = [value_key(c) for c in self.choices]  # 1 and 1.0 are one choice
             twice = sorted({c for c in seen if seen.count(c) > 1})
             if twice:
                 raise ValueError(f"choices listed twice: {', '.join(twice)} (each choice once: the sampler "

@@ -40,6 +40,7 @@ def _spec(tmp_path, name="s", epochs=3, **over):
 BAD = [
     ("optim.lr:\n    low: 0.1\n    high: 0.1", "optim.lr", "empty range"),
     ("radius:\n    choices: [1, 2, 1]", "radius", "choices listed twice: 1"),
+    ("radius:\n    choices: [1, 2, 1.0]", "radius", "choices listed twice: 1"),  # 1 == 1.0: was two choices
     ("optim.lr:\n    low: 0.3\n    high: 0.1", "optim.lr", "low (0.3) > high (0.1)"),
     ("optim.lr:\n    low: 0.0\n    high: 0.1\n    log: true", "optim.lr", "a log range needs low > 0"),
     ("heads:\n    choices: [1, 2]", "heads", "no attention of this search takes parameter 'heads'"),
