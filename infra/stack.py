@@ -490,14 +490,25 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m infra.stack", description="Local Ray head + MLflow server on 127.0.0.1.")
     p.add_argument("action", choices=["up", "down", "status", "env"])
     p.add_argument("--state", default=None, help=f"state folder (default {DEFAULT_STATE})")
-    p.add_argument("--mlflow-port", type=int, default=5000)
-    p.add_argument("--ray-port", type=int, default=6379)
-    p.add_argument("--dashboard-port", type=int, default=8265)
-    p.add_argument("--num-cpus", type=int, default=None)
-    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
-                   help="MLflow backend store (postgres: a private server in the state folder)")
-    p.add_argument("--pg-port", type=int, default=5432)
+    # the flags of `up` (None: not given; a flag given where it does nothing is refused)
+    up_flags = {"mlflow_port": 5000, "ray_port": 6379, "dashboard_port": 8265, "num_cpus": None,
+                "backend": "sqlite", "pg_port": 5432}
+    p.add_argument("--mlflow-port", type=int, default=None, help="up: default 5000")
+    p.add_argument("--ray-port", type=int, default=None, help="up: default 6379")
+    p.add_argument("--dashboard-port", type=int, default=None, help="up: default 8265")
+    p.add_argument("--num-cpus", type=int, default=None, help="up: CPUs of the Ray head (default: all)")
+    p.add_argument("--backend", choices=["sqlite", "postgres"], default=None,
+                   help="up: MLflow backend store (default sqlite; postgres: a private server in the state folder)")
+    p.add_argument("--pg-port", type=int, default=None, help="up --backend postgres: default 5432")
     a = p.parse_args(argv)
+    given = [k for k in up_flags if getattr(a, k) is not None]
+    if a.action != "up" and given:
+        p.error(f"--{given[0].replace('_', '-')} applies to `up` only, not `{a.action}`")
+    if a.pg_port is not None and a.backend != "postgres":
+        p.error("--pg-port applies to --backend postgres only")
+    for k, default in up_flags.items():
+        if getattr(a, k) is None:
+            setattr(a, k, default)
     for flag in ("mlflow_port", "ray_port", "dashboard_port", "pg_port"):
         if not 1 <= getattr(a, flag) <= 65535:
             p.error(f"--{flag.replace('_', '-')} must be a port number 1..65535, got {getattr(a, flag)}")

@@ -123,6 +123,11 @@ def test_a_port_left_in_time_wait_by_a_stopped_server_counts_as_free():
     (["up", "--mlflow-port", "0"], "--mlflow-port must be a port number 1..65535"),
     (["up", "--ray-port", "70000"], "--ray-port must be a port number 1..65535"),
     (["up", "--num-cpus", "0"], "--num-cpus must be >= 1"),
+    # flags that do nothing where they are given (they were ignored)
+    (["up", "--pg-port", "5433"], "--pg-port applies to --backend postgres only"),
+    (["status", "--num-cpus", "4"], "--num-cpus applies to `up` only, not `status`"),
+    (["down", "--ray-port", "7000"], "--ray-port applies to `up` only, not `down`"),
+    (["env", "--backend", "postgres"], "--backend applies to `up` only, not `env`"),
 ])
 def test_stack_bad_flags_are_one_line_and_start_nothing(tmp_path, args, needle):
     afile = tmp_path / "afile"
