@@ -204,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.attention and a.attention != "none":
             attention = {"kind": a.attention, "stages": a.stages, "slot": a.slot, "every": a.every}
             for kv in a.param:
-                if "=" not in kv:
+                k, eq, v = kv.partition("=")
+                k = k.strip()
+                if not eq or not k:
                     raise ValueError(f"--param expects KEY=VALUE, got {kv!r}")
-                k, v = kv.split("=", 1)
                 if k in ("kind", "stages", "slot", "every"):
                     raise ValueError(f"--param {k}: give it as --{'attention' if k == 'kind' else k}")
                 if k in attention:

@@ -73,8 +73,8 @@ def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,)
     if isinstance(value, str):  # "1,2,3" from a command line
-        try:
-            return tuple(int(v) for v in value.split(",") if v.strip())
+        try:  # every item an integer: "1,,2" is a slip, not (1, 2)
+            return tuple(int(v) for v in value.split(","))
         except ValueError:
             raise ValueError(f"{what}: expected integers like '1,2,3', got {value!r}") from None
     if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):

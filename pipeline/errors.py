@@ -138,8 +138,8 @@ def int_list(lo: int, hi: Optional[int] = None) -> Callable[[str], list[int]]:
     one = int_range(lo, hi)
 
     def parse(text: str) -> list[int]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
+        items = [t.strip() for t in text.split(",")]
+        if not text.strip() or not all(items):  # "1,,2" is a slip, not [1, 2]
             raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}")
         return [one(t) for t in items]
 

@@ -106,6 +106,10 @@ CASES = [
     ("execution-axis-threads", BASE + "axes:\n  attention: [spa]\n  threads: [1, 2]\n", "axes.threads: 'threads'", 8, None),
     ("work-dir-empty", "name: t\nbase:\n  work_dir: ''\n", "base.work_dir: the path is empty", 3, None),  # was the cwd
     ("tracking-uri-empty", "name: t\nbase:\n  tracking: {uri: ' '}\n", "base.tracking.uri: the value is empty", 3, None),
+    # a value listed twice in one axis: its trials were merged without a word
+    ("axis-attention-twice", BASE + "axes:\n  attention: [se, spa, se]\n", "axes.attention[2]: 'se' repeats axes.attention[0]", 7, None),
+    ("axis-value-twice", BASE + "axes:\n  attention: [gaussian]\n  radius: [1, 2, 1.0]\n", "axes.radius[2]: 1.0 repeats axes.radius[0]", 8, None),
+    ("dotted-axis-twice", BASE + "axes:\n  optim.lr: [0.1, 0.1]\n", "axes.optim.lr[1]: 0.1 repeats", 7, None),
     ("data-root-is-a-file", "name: t\nbase:\n  data:\n    dataset: cifar10\n    root: " + __file__ + "\n",
      "data.root: not a folder", 5, None),
 ]
@@ -788,3 +792,23 @@ def test_train_set_of_a_whole_section_that_drops_config_file_keys_is_refused(tmp
         load_trial_config(cfg, ["optim={lr: 0.1}"])
     assert load_trial_config(cfg, ["optim={lr: 0.1, epochs: 4}"]).optim.epochs == 4
     assert load_trial_config(cfg, ["model.attention={kind: nonlocal}"]).model.attention == {"kind": "nonlocal"}
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--attention", "spa", "--stages", "1,,2"], "expected integers like '1,2,3', got '1,,2'"),  # read as [1, 2]
+    (["--attention", "spa", "--param", "=1"], "--param expects KEY=VALUE, got '=1'"),  # an empty name
+])
+def test_cost_cli_slips_are_one_line(argv, needle):
+    from blocks.cost import main as cost_main
+
+    rc, err = _main_exit(cost_main, ["--backbone", "cifar_resnet20", *argv])
+    assert rc == 2 and needle in _one_line(err), err
+
+
+@pytest.mark.parametrize("key", [".lr", "optim..lr", "optim."])
+def test_train_set_key_with_an_empty_part_names_it(key, tmp_path):
+    """``--set .lr=0.1`` said "config: unknown key" without naming what was wrong."""
+    from pipeline.train import main as train_main
+
+    rc, err = _main_exit(train_main, ["--set", f"work_dir={tmp_path / 'w'}", "--set", f"{key}=0.1"])
+    assert rc == 2 and f"--set {key}: a dotted key with an empty part" in _one_line(err), err
