@@ -97,7 +97,7 @@ def _write_config(args):
     if args.format == "jpeg":
         _unused_flags(args, {"jpeg_quality"}, "--format jpeg (a JPEG copy)")
     elif cfg.write_mode != "auto":
-        _unused_flags(args, set(_policy_keys(cfg.write_mode)), f"--write-mode {cfg.write_mode}")
+        _unused_flags(args, {"write_mode", *_policy_keys(cfg.write_mode)}, f"--write-mode {cfg.write_mode}")
     return cfg
 
 
@@ -112,7 +112,7 @@ def _unused_flags(args, used: set[str], what: str) -> None:
     from pipeline.errors import ConfigError
 
     for k in ("write_mode", "jpeg_quality", "compress_prob"):
-        if getattr(args, k) is not None and k not in used and not (k == "write_mode" and what.startswith("--write")):
+        if getattr(args, k) is not None and k not in used:
             raise ConfigError(f"--{k.replace('_', '-')} does not apply to {what}; leave it out")
 
 
@@ -138,7 +138,7 @@ def _write(args) -> int:
     else:
         policy = resolve_policy(cfg, source)
         if cfg.write_mode == "auto":  # known now, from the images
-            _unused_flags(args, set(_policy_keys(policy["write_mode"])) | {"write_mode"},
+            _unused_flags(args, {"write_mode", *_policy_keys(policy["write_mode"])},
                           f"write mode {policy['write_mode']} (auto, for these images)")
         res = write_betons(entry, source, policy, cfg.beton_dir,
                            force=args.force, workers=workers, progress=not args.quiet)
