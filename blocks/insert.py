@@ -199,10 +199,13 @@ MAX_PARAMS = 10**9
 
 def size_problem(backbone: str, num_classes: int, attention: Any = None, small_stem: bool = False) -> str | None:
     """Why the model cannot be built (more than :data:`MAX_PARAMS` parameters), as one line naming
-    the attention and its parameters; None when it can.  The model is counted on PyTorch's meta
-    device (shapes only, no memory) once per distinct model."""
+    the attention and its parameters; None when it can.  Where a block parameter exceeds
+    :data:`blocks.registry.LARGE_VALUE`, the model is counted on PyTorch's meta device (shapes
+    only, no memory) once per distinct model; below it no block comes near the limit."""
     spec = resolve_spec(attention, backbone)
-    key = None if spec is None else json.dumps(spec.as_dict(), sort_keys=True, default=str)
+    if spec is None or not registry.has_large_value(dict(spec.params)):
+        return None  # every size at most LARGE_VALUE: far below the limit, nothing to count
+    key = json.dumps(spec.as_dict(), sort_keys=True, default=str)
     return _size_problem(backbone, int(num_classes), key, bool(small_stem))
 
 

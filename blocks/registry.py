@@ -19,6 +19,7 @@ names only the block gets the paper's insertion.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -159,13 +160,25 @@ def validate(name: str, params: dict[str, Any]) -> None:
         key = None
     if key is not None and (name, key) in _VALID:
         return
-    with torch.device("meta"):  # the constructor's checks without its memory (a huge size is cheap here)
+    # A size far out of range (inter_channels 1e8) would take its memory even at 64 channels: such a
+    # probe runs on the meta device (shapes only).  Not every probe does: PyTorch imports its
+    # compiler for random fills on meta tensors, a second of every fresh trial process.
+    with torch.device("meta") if has_large_value(params) else contextlib.nullcontext():
         create(name, 64, **params)  # raises ValueError/TypeError naming the bad value
     if key is not None:
         _VALID.add((name, key))
 
 
 _VALID: set[tuple[str, str]] = set()
+
+#: A block parameter above this (a size: channels, heads, a kernel) is checked on the meta device.
+LARGE_VALUE = 4096
+
+
+def has_large_value(params: dict[str, Any]) -> bool:
+    """Whether a numeric parameter of ``params`` exceeds :data:`LARGE_VALUE`."""
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > LARGE_VALUE
+               for v in params.values())
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

@@ -319,13 +319,10 @@ class OptimConfig(StrictModel):
     """``optim``: SGD with momentum, warm-up, cosine/step schedule, label smoothing."""
 
     epochs: int = Field(10, gt=0, le=10_000)
-    # Upper bounds catch a typo (lr 1e3) before a grid of diverging trials: the linear-scaling
-    # rule (Goyal et al., arXiv:1706.02677, section 2.1) gives SGD 3.2 at batch 8,192, and a
-    # decay of 1 per step at lr 1 would zero the weights.
-    lr: float = Field(0.1, gt=0, le=10)
+    lr: float = Field(0.1, gt=0)  # no upper bound: a diverging trial is a case the trainer records
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0, le=1)
+    weight_decay: float = Field(5e-4, ge=0)
     no_decay_norm_bias: bool = True  # no weight decay on BN parameters and biases
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up from lr * warmup_start

@@ -54,8 +54,6 @@ CASES = [
     ("radius-inf", BASE + "axes:\n  attention: [gaussian]\n  radius: [.inf]\n", "axes.radius[0]: inf is not a finite", 8, None),
     ("lr-inf", "name: t\nbase:\n  optim:\n    lr: .inf\n", "base.optim.lr: inf is not a finite number", 4, None),
     ("lr-nan", "name: t\nbase:\n  optim:\n    lr: .nan\n", "base.optim.lr: nan is not a finite number", 4, None),
-    ("lr-1e3", "name: t\nbase:\n  optim:\n    lr: 1000.0\n", "base.optim.lr: Input should be less than or equal to 10", 4, None),
-    ("lr-axis-too-large", BASE + "axes:\n  optim.lr: [0.1, 50.0]\n", "axes.optim.lr[1]", 7, None),
     ("lr-string", "name: t\nbase:\n  optim:\n    lr: '0.1'\n", "base.optim.lr", 4, None),
     ("epochs-bool", "name: t\nbase:\n  optim:\n    epochs: true\n", "base.optim.epochs", 4, None),
     ("nesterov-without-momentum", "name: t\nbase:\n  optim:\n    nesterov: true\n    momentum: 0.0\n",
@@ -722,14 +720,12 @@ def test_storage_uri_of_unknown_scheme_is_one_line(command, storage, needle, tmp
     assert r.returncode == 2 and needle in _one_line(r.stderr) and "--storage" in r.stderr, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("key,value", [("optim.lr", "{low: 0.01, high: 1000.0, log: true}"),
-                                       ("data.workers", "[0, 2]"), ("tracking.run_id", "[a, b]"),
+@pytest.mark.parametrize("key,value", [("data.workers", "[0, 2]"), ("tracking.run_id", "[a, b]"),
                                        ("work_dir", "[/tmp/a, /tmp/b]"), ("threads", "{low: 1, high: 2}"),
                                        ("checkpoint.every", "{low: 1, high: 3}")])
-def test_search_refuses_an_execution_only_or_out_of_range_dimension(key, value, tmp_path):
+def test_search_refuses_an_execution_only_dimension(key, value, tmp_path):
     """A search dimension over a key that only says where or how a trial runs (it was accepted and
-    reached the trials, or did nothing), or a learning rate beyond any SGD recipe (it had no upper
-    bound): one line naming the key, exit 2."""
+    reached the trials, or did nothing): one line naming the key, exit 2."""
     from experiments.search import main as search_main
 
     p = tmp_path / "search.yaml"
@@ -738,8 +734,7 @@ def test_search_refuses_an_execution_only_or_out_of_range_dimension(key, value, 
                  f"space:\n  attention: {{choices: [none, spa]}}\n  {key}: {choices}\n")
     rc, err = _main_exit(search_main, ["--spec", str(p), "--check"])
     line = _one_line(err)
-    assert rc == 2 and f"space.{key}:" in line, err
-    assert ("less than or equal to 10" if key == "optim.lr" else "not searched") in line, err
+    assert rc == 2 and f"space.{key}:" in line and "not searched" in line, err
 
 
 @pytest.mark.parametrize("command", ["train", "search", "cost"])
