@@ -238,8 +238,9 @@ class StructuralClaim(_ClaimBase):
                 raise ValueError("structural claim with op '==' needs value")
             if self.op != "==" and self.versus is None:
                 raise ValueError(f"op {self.op!r} compares with versus: give versus")
-            if self.value is not None and self.versus is None and self.value < 0:  # with versus: a difference
-                raise ValueError(f"value: {self.metric} cannot be negative, got {self.value:g}")
+            problem = None if self.value is None or self.versus is not None else _range_problem(self.metric, self.value)
+            if problem:  # with versus the value is a difference
+                raise ValueError(f"value: {problem}")
         return self
 
 
