@@ -209,6 +209,8 @@ def _lines_of(node: Optional[Node], lines: Lines) -> None:
     """Record the line of every mapping key and sequence item (iteratively; depth is bounded
     anyway).  Aliased subtrees are walked once per place they are used, within ``max_nodes``."""
     stack: list[tuple[Node, KeyPath]] = [(node, ())] if node is not None else []
+    if node is not None:
+        lines.by_path.setdefault((), node.start_mark.line + 1)  # the document's first line
     while stack:
         n, path = stack.pop()
         if isinstance(n, MappingNode):
@@ -245,8 +247,11 @@ def _yaml_error(e: YAMLError, source: str, max_depth: int) -> ConfigError:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         if isinstance(e, MaxDepthExceededError):
             return ConfigError(f"{where}: not valid YAML: nested more than {max_depth} levels deep")
-        what = e.problem or e.context or type(e).__name__
-        return ConfigError(f"{where}: not valid YAML: {' '.join(str(what).split())}")
+        what = " ".join(str(e.problem or e.context or type(e).__name__).split())
+        cmark = e.context_mark
+        if e.problem and e.context and cmark is not None and mark is not None and cmark.line != mark.line:
+            what += f" ({' '.join(str(e.context).split())} at line {cmark.line + 1})"  # where the open bracket is
+        return ConfigError(f"{where}: not valid YAML: {what}")
     return ConfigError(f"{source}: not valid YAML: {' '.join(str(e).split())}")
 
 

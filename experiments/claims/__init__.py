@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
@@ -309,27 +308,6 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
-def _compose_lines(text: str) -> dict[tuple, int]:
-    """Key path -> 1-based line, from PyYAML's composed nodes (their start marks)."""
-    lines: dict[tuple, int] = {}
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-
-    def walk(n: Any, path: tuple) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                lines[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    if node is not None:
-        lines[()] = node.start_mark.line + 1
-        walk(node, ())
-    return lines
-
-
 def _line_of(lines: dict[tuple, int], *path: Any) -> int:
     for k in range(len(path), -1, -1):
         if tuple(path[:k]) in lines:
@@ -397,26 +375,11 @@ def load_file(path: Path) -> tuple[list[LoadedClaim], list[str]]:
     except ConfigError as e:
         return [], [str(e)]
     path = Path(path)
-    try:  # YAML 1.2 within bounds first: aliases expanded up to a limit, nesting bounded
-        raw, _ = loads(text, _rel(path))
-        bounded = None
+    try:  # YAML 1.2 within bounds: aliases expanded up to a limit, nesting bounded
+        raw, where = loads(text, _rel(path))
     except ConfigError as e:
-        bounded = e
-        msg = str(e)
-        if "not valid YAML" not in msg or any(w in msg for w in ("nested", "alias", "limit")):
-            return [], [msg]  # a bound, not a syntax error: PyYAML's composer would not return
-    try:
-        lines = _compose_lines(text)
-        if bounded is not None:  # a syntax error PyYAML did not see
-            return [], [str(bounded)]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
-        if ctx and cmark is not None and mark is not None and cmark.line != mark.line:
-            what += f" ({ctx} at line {cmark.line + 1})"
-        return [], [f"{_rel(path)}{line}: not valid YAML: {what}"]
+        return [], [str(e)]
+    lines = where.by_path  # key path -> line
     if not isinstance(raw, dict):
         return [], [f"{_rel(path)}:1: the top level must be a mapping with 'claims:' (and optional 'defaults:')"]
     bad = next(non_finite(raw), None)  # .nan, .inf, 1e400: no published figure, and MLflow would get it
