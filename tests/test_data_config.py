@@ -234,6 +234,9 @@ def test_overrides_are_yaml_1_2():
     ("optim:\n  lr: .inf\n", ":2: optim.lr: Input should be a finite number"),
     ("optim:\n  epochs: true\n", ":2: optim.epochs"),
     ("seed: 1\nseed: 2\n", ':2: not valid YAML: found duplicate key "seed"'),
+    # an unclosed bracket: the error is where the parser noticed, and names where the bracket opened
+    ("model:\n  attention: {kind: se\nseed: 1\n", ":3: not valid YAML: expected ',' or '}', but got ':' "
+                                                   "(while parsing a flow mapping at line 2)"),
     ("data:\n  train_res: 100000\n", ":2: data.train_res"),
     ("model:\n  attention:\n    kind: gaussian\n    radius: wide\n", ":4: model.attention.radius"),
 ])
