@@ -37,7 +37,6 @@ import contextlib
 import json
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -54,12 +53,6 @@ def placement(cfg) -> str:
     where = "stages " + ",".join(str(s) for s in spec.stages)
     every = f", every {spec.every}" if spec.slot == "after_block" else ""
     return f"{spec.slot}, {where}{every}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log_round_trip(uri: str, n: int = 20) -> float:
@@ -218,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     round_trip = float("nan")
     try:
         if tracking == "server":
-            from infra.stack import start_mlflow
+            from infra.stack import free_port, start_mlflow
 
             server_state = tmp / "mlflow-server"
             uri, _ = start_mlflow(server_state, port=free_port())

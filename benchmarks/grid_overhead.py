@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -277,12 +276,6 @@ def bench_tune(n: int, cpus: int, tracking: dict[str, Any], storage: str) -> lis
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.errors import ArgumentParser, int_range, path_flag_problem
 
@@ -343,7 +336,7 @@ def run(a: argparse.Namespace, say: Any) -> dict[str, Any]:
         state = Path(tmp) / "mlflow"
         tracking: dict[str, Any] = {"enabled": a.tracking != "off", "experiment": "grid-overhead"}
         if a.tracking == "server" and not (a.skip_startup and a.skip_tune):
-            from infra.stack import start_mlflow, stop_mlflow
+            from infra.stack import free_port, start_mlflow, stop_mlflow
 
             url, _ = start_mlflow(state, port=free_port())
             tracking["uri"] = url

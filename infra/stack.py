@@ -232,12 +232,33 @@ def _wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | Non
     raise StackError(f"{what} not healthy at {url} after {timeout:.0f}s" + (f"; see {log}" if log else ""))
 
 
-def _free_port() -> int:
+def free_ports(n: int, avoid: tuple[int, ...] = ()) -> list[int]:
+    """``n`` distinct ports of 127.0.0.1 on which nothing listens now, none of them in ``avoid``.
+
+    Each is a port the OS hands out for a bind to port 0; all the sockets stay open until every
+    port is chosen, so the OS cannot hand out one port twice (closing each socket before the next
+    bind gave two servers the same port, and Ray refused to start)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    """One port of 127.0.0.1 on which nothing listens now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -376,6 +397,8 @@ def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpu
               temp_dir: str | None = None, timeout: float = 120,
               resources: dict[str, float] | None = None) -> tuple[str, str, str]:
     """``ray start --head --block`` in a process group of its own; returns (GCS, dashboard, temp)."""
+    if port == dashboard_port:
+        raise StackError(f"--ray-port and --dashboard-port are both {port}: each server needs a port of its own")
     state.mkdir(parents=True, exist_ok=True)
     for p, flag in ((port, "--ray-port"), (dashboard_port, "--dashboard-port")):
         if not _port_free(p):
@@ -387,7 +410,7 @@ def start_ray(state: Path, port: int = 6379, dashboard_port: int = 8265, num_cpu
            "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     # The job agent's port: Ray's fixed default would clash between two heads on one machine,
     # and `ray job submit` fails ("No available agent") until the agent listens.
-    agent_port = _free_port()
+    (agent_port,) = free_ports(1, avoid=(port, dashboard_port))
     cmd.append(f"--dashboard-agent-listen-port={agent_port}")
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")

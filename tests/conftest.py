@@ -32,15 +32,9 @@ needs_torchvision = pytest.mark.skipif(not torchvision_ok(), reason="torchvision
 # real servers on 127.0.0.1 (no mocks): an MLflow server and a Ray head, started and stopped here
 # ---------------------------------------------------------------------------------------------
 import shutil  # noqa: E402  (kept beside the fixtures that use them)
-import socket  # noqa: E402
+from infra.stack import free_port, free_ports  # noqa: E402,F401 (free_port: for the tests that import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +54,7 @@ def ray_head(tmp_path_factory):
     from infra.stack import client_env, start_ray, stop_ray
 
     state = tmp_path_factory.mktemp("ray-head")
-    port, dash_port = free_port(), free_port()
+    port, dash_port = free_ports(2)
     address, dash, temp = start_ray(state, port=port, dashboard_port=dash_port, num_cpus=2,
                                     temp_dir=f"/tmp/ray-t{port}")
     yield {"address": address, "dashboard": dash, "state": state, "env": client_env(state)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_stack_on_an_empty_home_then_down_spares_other_clusters(tmp_path, ray_he
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING"))}
     env["HOME"] = str(home)
-    ports = {"--mlflow-port": free_port(), "--ray-port": free_port(), "--dashboard-port": free_port()}
+    ports = dict(zip(("--mlflow-port", "--ray-port", "--dashboard-port"), free_ports(3)))
     args = [f"{k}={v}" for k, v in ports.items()]
     py = sys.executable
     up = subprocess.run([py, "-m", "infra.stack", "up", "--state", str(state), *args], cwd=ROOT, env=env,
@@ -82,7 +82,8 @@ def test_stack_refuses_a_port_in_use_in_one_line(tmp_path, flag):
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        others = {f: free_port() for f in ("--mlflow-port", "--ray-port", "--dashboard-port") if f != flag}
+        others = dict(zip([f for f in ("--mlflow-port", "--ray-port", "--dashboard-port") if f != flag],
+                          free_ports(2, avoid=(busy,))))
         r = subprocess.run([sys.executable, "-m", "infra.stack", "up", "--state", str(tmp_path / "st" / "nested"),
                             f"{flag}={busy}", *[f"{f}={v}" for f, v in others.items()]],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
