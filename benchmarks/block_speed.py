@@ -60,7 +60,7 @@ import torch.nn as nn
 import blocks
 from benchmarks._memory import minor_faults, retain_freed_memory, traced_peak_bytes
 from blocks.registry import UnknownBlockError
-from pipeline.errors import ArgumentParser, int_range
+from pipeline.errors import ArgumentParser, int_range, name_list
 
 SIZES = {"small": (64, 32), "large": (256, 56)}
 REFERENCE = "nonlocal (sub-sampled)"
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="small,large", help="comma list of: " + ", ".join(SIZES))
     ap.add_argument("--batch", type=int_range(1, 4096), default=8)
     ap.add_argument("--repeats", type=int_range(1, 1000), default=5)
-    ap.add_argument("--only", default="", help="comma list of substrings of row labels to keep "
+    ap.add_argument("--only", type=name_list(what="label substring"), default=None, help="comma list of substrings of row labels to keep "
                     "(the sub-sampled non-local reference row is always kept)")
     ap.add_argument("--threads", type=int_range(0, 1024), default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sizes: unknown size(s) {bad}; valid: {', '.join(SIZES)}" if bad else "--sizes: give at least one")
     if a.threads:
         torch.set_num_threads(a.threads)
-    only = {s.strip() for s in a.only.split(",") if s.strip()} or None
+    only = set(a.only) if a.only is not None else None
     if only:
         labels = [r.label for r in rows_for(blocks.names("stage"))]
         unmatched = sorted(o for o in only if not any(o in lab for lab in labels))

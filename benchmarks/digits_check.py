@@ -164,10 +164,10 @@ def table(rows: list[dict], target: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import ArgumentParser, float_range
+    from pipeline.errors import ArgumentParser, float_range, name_list
 
     p = ArgumentParser(prog="python -m benchmarks.digits_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default=",".join(MODELS), help=f"comma list from {','.join(MODELS)}")
+    p.add_argument("--only", type=name_list(MODELS, "model"), default=list(MODELS), help=f"comma list from {','.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=64)
@@ -177,18 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--target", type=float_range(0, 100), default=95.0, help="val top-1 (%%) to reach")
-    p.add_argument("--tracking", choices=("sqlite", "server", "off"), default="sqlite")
+    p.add_argument("--tracking", choices=("sqlite", "server", "off"), default=None, help="default sqlite")
     p.add_argument("--no-tracking", action="store_true", help="the same as --tracking off")
     p.add_argument("--checkpoint-every", type=int, default=0, help="epochs between checkpoints (0: the final one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary MLflow store")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per epoch on stderr")
     p.add_argument("--json", action="store_true", help="rows as JSON instead of the table")
     a = p.parse_args(argv)
-    models = [m.strip() for m in a.only.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
-    if bad or not models:
-        p.error(f"--only: unknown {', '.join(bad)}; valid: {', '.join(MODELS)}" if bad
-                else f"--only {a.only!r}: give at least one of {', '.join(MODELS)}")
+    models = a.only
     from pipeline.config import validate_trial
     from pipeline.errors import ConfigError
 
@@ -204,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
 
     tmp = Path(tempfile.mkdtemp(prefix="digits-check-"))
-    tracking = "off" if a.no_tracking else a.tracking
+    if a.no_tracking and a.tracking not in (None, "off"):
+        p.error(f"--no-tracking and --tracking {a.tracking} contradict each other: give one")
+    tracking = "off" if a.no_tracking else (a.tracking or "sqlite")
     uri = None if tracking == "off" else f"sqlite:///{tmp / 'mlflow.db'}"
     server_state = None
     rows = []

@@ -65,7 +65,7 @@ from typing import Any, Optional
 import torch
 
 from pipeline.config import MAX_BATCH, MAX_RES, MIN_RES, validate_trial
-from pipeline.errors import ArgumentParser, int_list, int_range
+from pipeline.errors import ArgumentParser, int_list, int_range, name_list
 from pipeline.train import Trial
 
 BASELINE = "none"
@@ -250,7 +250,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--workers", type=int_range(0, 512), default=None,
                    help="data.workers: worker processes of a file loader, crop threads of the in-memory one on "
                         "a GPU (small: 0; full: the trainer's default, min(8, CPUs))")
-    p.add_argument("--only", default=None, help="comma list of attentions (the baseline always runs)")
+    p.add_argument("--only", type=name_list(what="attention"), default=None, help="comma list of attentions (the baseline always runs)")
     p.add_argument("--no-model-level", action="store_true", help="skip ltpa/pyramid (full size)")
     p.add_argument("--json", action="store_true", help="settings and rows as JSON instead of the table")
     a = p.parse_args(argv)
@@ -269,13 +269,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         s["threads"] = [None]
     if size == "small":
         names = [BASELINE]
-        if a.only:
-            names += [n.strip() for n in a.only.split(",") if n.strip()]
+        if a.only is not None:
+            names += [n for n in a.only if n != BASELINE]
     else:
         names = [BASELINE, *blocks.names("stage")] + ([] if a.no_model_level else blocks.names("model"))
-        if a.only:
-            want = {n.strip() for n in a.only.split(",") if n.strip()}
-            names = [n for n in names if n == BASELINE or n in want]
+        if a.only is not None:
+            names = [n for n in names if n == BASELINE or n in a.only]
     known = {BASELINE, *blocks.names()}
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -173,8 +173,11 @@ def _parse_value(text: str) -> Any:
 
 
 class _Parser(argparse.ArgumentParser):
-    """A usage error is one line and exit 2 (``blocks`` imports nothing of ``pipeline``, so it
-    does not share ``pipeline.errors.ArgumentParser``)."""
+    """A usage error is one line and exit 2; no abbreviated flags (``blocks`` imports nothing of
+    ``pipeline``, so it does not share ``pipeline.errors.ArgumentParser``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
@@ -192,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="default: 10 for CIFAR ResNets, else 1000")
     p.add_argument("--small-stem", action="store_true")
     p.add_argument("--json", action="store_true")
+    typed = [t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
+    twice = next((f for f in typed if f != "--param" and typed.count(f) > 1), None)
+    if twice:  # argparse would keep the last value silently
+        p.error(f"{twice} given twice: give it once")
     a = p.parse_args(argv)
     try:
         if a.input is not None and not 0 < a.input <= MAX_INPUT:
@@ -200,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--num-classes must be >= 1 and at most {MAX_CLASSES:,}, got {a.num_classes:,}")
         if a.every is not None and a.every < 1:
             raise ValueError(f"--every must be >= 1, got {a.every}")
+        for flag, value in (("--attention", a.attention), ("--stages", a.stages), ("--slot", a.slot)):
+            if value is not None and not value.strip():  # "" is not "none" or "the default"
+                raise ValueError(f"{flag} is {'empty' if not value else 'blank'}: leave the flag out for the default")
         attention = None
         if a.attention and a.attention != "none":
             attention = {"kind": a.attention, "stages": a.stages, "slot": a.slot, "every": a.every}

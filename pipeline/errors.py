@@ -76,15 +76,56 @@ def cli_exit(err: BaseException, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` with a one-line error, ``prog: error: what (see prog
-    --help)``, exit 2 — the usage block is for ``--help``, not for a typo.
+#: Flags that may be given more than once: each occurrence adds to the value.
+_COLLECTING = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction, argparse._ExtendAction)
 
-    Use it for every CLI of the project so all of them fail the same way.
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with three changes, so that no flag is read differently from
+    what was typed.  Use it for every CLI of the project so all of them fail the same way.
+
+    * A usage error is one line, ``prog: error: what (see prog --help)``, exit 2 — the usage
+      block is for ``--help``, not for a typo.
+    * No abbreviations: ``--ou`` is not ``--out`` (argparse's ``allow_abbrev`` is off), so a flag
+      that a wrapper strips or rewrites by its full name cannot slip through in a shorter form.
+    * A flag given twice is an error naming it (argparse keeps the last value silently), except
+      flags that collect (``append``, ``extend``, ``count``).  Tokens after ``--`` and after a
+      sub-command's name are not this parser's: a sub-command's parser checks its own.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {_flat(message)} (see {self.prog} --help)\n")
+
+    def repeated_flag(self, argv: Iterable[str]) -> Optional[str]:
+        """The error for the first flag of this parser given twice in ``argv``, or None."""
+        by_name = {s: a for a in self._actions for s in a.option_strings}
+        commands = {c for a in self._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices}
+        first: dict[str, str] = {}  # dest -> the spelling seen first
+        for tok in argv:
+            if tok == "--" or tok in commands:
+                break
+            name = tok.split("=", 1)[0] if tok.startswith("--") else tok
+            action = by_name.get(name)
+            if action is None or isinstance(action, _COLLECTING):
+                continue
+            seen = first.get(action.dest)
+            if seen is None:
+                first[action.dest] = name
+                continue
+            both = f"{name} given twice" if seen == name else f"{seen} and {name} both given (they set the same thing)"
+            return f"{both}: give it once"
+        return None
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
+        argv = list(sys.argv[1:] if args is None else args)
+        problem = self.repeated_flag(argv)
+        if problem:
+            self.error(problem)
+        return super().parse_known_args(argv, namespace)
 
     def refuse_blank(self, flag: str, value: Optional[str], hint: str) -> None:
         """The one-line error for a flag given as empty or blank (``--storage " "``: it would
@@ -113,6 +154,29 @@ def int_range(lo: int, hi: Optional[int] = None) -> Callable[[str], int]:
         if v < lo or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"must be {_span(lo, hi)}, got {v:,}")
         return v
+
+    return parse
+
+
+def name_list(valid: Optional[Iterable[str]] = None, what: str = "name") -> Callable[[str], list[str]]:
+    """An argparse ``type``: a non-empty comma list of names, in the order given — each one
+    non-blank, none twice, and each one of ``valid`` when given (``--only se,,cbam``,
+    ``--only se,se`` and ``--only " "`` are errors, not a shorter list or "all")."""
+    choices = None if valid is None else list(valid)
+
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",")]
+        if not any(items):
+            raise argparse.ArgumentTypeError(f"give at least one {what}, got {text!r}")
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"an empty item in {text!r} (two commas, or one at an end)")
+        twice = next((s for i, s in enumerate(items) if s in items[:i]), None)
+        if twice is not None:
+            raise argparse.ArgumentTypeError(f"{twice!r} is listed twice in {text!r}")
+        unknown = [s for s in items if choices is not None and s not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown)}; valid: {', '.join(choices)}")
+        return items
 
     return parse
 
@@ -181,6 +245,8 @@ def file_problem(path: Path) -> Optional[str]:
     nothing does.  Checked before a long run, not after it."""
     if path.is_dir():
         return "is a folder, not a file"
+    if path.exists() and not path.is_file():  # a write into a FIFO blocks, into a device goes nowhere
+        return "is not a regular file (a FIFO, a device or a socket): give a file"
     problem = folder_problem(path.parent)
     if problem:
         return f"its folder {path.parent}: {problem}"

@@ -464,7 +464,7 @@ def test_ignored_or_conflicting_flags_are_refused(command, argv, needle, tmp_pat
 
     main = grid_main if command == "grid" else search_main
     spec = "x.yaml" if command == "grid" else str(ROOT / "experiments" / "specs" / "search" / "digits.yaml")
-    rc, err = _main_exit(main, ["--spec", spec, *argv])
+    rc, err = _main_exit(main, ([] if "--spec" in argv else ["--spec", spec]) + argv)
     assert rc == 2 and needle in _one_line(err), err
 
 

@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 
+from pipeline.errors import ArgumentParser
+
 # pydantic field -> the flag that sets it, so errors name what the user typed
 _FLAGS = {"max_res": "--max-res", "jpeg_quality": "--jpeg-quality",
           "compress_prob": "--compress-prob", "write_mode": "--write-mode",
@@ -28,8 +30,9 @@ _FLAGS = {"max_res": "--max-res", "jpeg_quality": "--jpeg-quality",
           "synthetic.seed": "--seed"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``error: ...``, exit 2), not usage + error."""
+class _Parser(ArgumentParser):
+    """The project's parser (no abbreviations, no flag twice); a usage error reads
+    ``error: prog: what``, exit 2."""
 
     def error(self, message):  # noqa: D102 - argparse's hook
         print(f"error: {self.prog}: {' '.join(message.split())} (see --help)", file=sys.stderr,
@@ -84,6 +87,9 @@ def _write_config(args):
         raise ConfigError(f"--{next(iter(synth)).replace('_', '-')}: only for the synthetic dataset")
     if not args.out.strip():
         raise ConfigError("--out: the path is empty")
+    if args.workers == 0:  # a loader's 0 (the main process) means nothing to a writer
+        raise ConfigError("--workers 0: a write needs at least one writer process (leave the flag out for "
+                          "the default)")
     kw = dict(dataset=args.dataset, root=args.root, beton_dir=args.out, max_res=args.max_res, workers=args.workers)
     kw.update({k: getattr(args, k) for k in ("jpeg_quality", "compress_prob", "write_mode")
                if getattr(args, k) is not None})
@@ -224,9 +230,9 @@ def main(argv=None) -> int:
             from pipeline.preflight import ray_address_problem
 
             _write_config(args)
-            if "RAY_ADDRESS" not in os.environ:
-                raise ValueError("--on-cluster: set RAY_ADDRESS to the cluster (without it this machine "
-                                 "would start a Ray of its own)")
+            if os.environ.get("RAY_ADDRESS", "local").strip() == "local":
+                raise ValueError("--on-cluster: set RAY_ADDRESS to the cluster (without it, or with 'local', this "
+                                 "machine would start a Ray of its own)")
             if problem := ray_address_problem():
                 raise ValueError(problem)
         except ValueError as e:
