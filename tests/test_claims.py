@@ -345,3 +345,58 @@ def test_claims_file_that_is_not_a_regular_file_is_one_line(case, tmp_path):
     assert {"fifo": "is not a file", "device": "is not a file", "empty": "is empty", "folder": "is not a file",
             "alias-bomb": "aliases expanded"}[case] in r.stderr, r.stderr
     assert time.perf_counter() - t < 20
+
+
+STRUCT = textwrap.dedent("""\
+    claims:
+      - id: f
+        kind: structural
+        title: "a block formula"
+        status: verified
+        source: {paper: "x paper", arxiv: "1711.07971", where: "T1"}
+        metric: block_params
+        formula: "2*C**2"
+        channels: [64]
+        setting: {model: {attention: nonlocal}}
+    """)
+
+STRUCT_BAD = [
+    # (what, replace this, with that, text in the message)
+    ("power tower", '"2*C**2"', '"C**C**C"', "overflows at C=64"),  # an integer power tower ran for ever
+    ("huge power", '"2*C**2"', '"2**C**2"', "overflows at C=64"),
+    ("divides by zero", '"2*C**2"', '"C/0"', "divides by zero at C=64"),
+    ("zero at one channel count", 'formula: "2*C**2"\n    channels: [64]', 'formula: "1/(C-128)"\n    channels: [64, 128]',
+     "divides by zero at C=128"),
+    ("complex", '"2*C**2"', '"(-C)**0.5"', "is not a finite real number at C=64"),
+    ("infinite", '"2*C**2"', '"1e400*C"', "is not a finite real number at C=64"),
+    ("channels not positive", "channels: [64]", "channels: [0, -3]", "claims[0].channels[0]: Input should be greater than 0"),
+    ("channels huge", "channels: [64]", "channels: [100000]", "less than or equal to 8192"),
+    ("input huge", "channels: [64]", "channels: [64]\n    input: 100000", "at most 2048"),
+    ("blank title", '"a block formula"', '"      "', "claims[0].title: is blank"),
+    ("blank paper", '"x paper"', '"   "', "claims[0].source.paper: is blank"),
+    ("blank backbone", "{model: {attention: nonlocal}}", '{model: {backbone: "", attention: nonlocal}}',
+     "claims[0].setting.model.backbone: is blank"),
+    ("blank note", "metric: block_params", 'metric: block_params\n    note: "  "', "claims[0].note: is blank"),
+    ("negative milestones", "{model: {attention: nonlocal}}", "{model: {attention: nonlocal}, optim: {milestones: [-5, 0]}}",
+     "Input should be greater than 0"),
+    ("milestones not increasing", "{model: {attention: nonlocal}}",
+     "{model: {attention: nonlocal}, optim: {milestones: [30, 20]}}", "milestones must be increasing"),
+]
+
+
+@pytest.mark.parametrize("what,old,new,text", STRUCT_BAD, ids=[b[0] for b in STRUCT_BAD])
+def test_bad_structural_claim_is_one_line(tmp_path, what, old, new, text):
+    assert old in STRUCT
+    f = tmp_path / "bad.yaml"
+    f.write_text(STRUCT.replace(old, new, 1))
+    claims, errors = load_file(f)
+    assert claims == [] and len(errors) == 1, errors
+    assert "\n" not in errors[0] and errors[0].startswith(f"{f}:"), errors[0]
+    assert text in errors[0], errors[0]
+
+
+def test_the_structural_template_is_good(tmp_path):
+    f = tmp_path / "good.yaml"
+    f.write_text(STRUCT)
+    claims, errors = load_file(f)
+    assert errors == [] and len(claims) == 1

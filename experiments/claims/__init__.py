@@ -28,12 +28,13 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.yamlio import loads, non_finite, read_text
@@ -49,6 +50,19 @@ class _Strict(BaseModel):
     """No unknown keys, no type coercion ("76.6" is not a number, 1 is not a bool)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("is blank: give the text, or leave the key out where it is optional")
+    return v
+
+
+#: A block_params claim's channel counts: a block of each is built and counted (ResNets stop at 2,048).
+MAX_CHANNELS = 8192
+
+#: Text a reader needs: whitespace alone is refused as if it were missing.
+Text = Annotated[str, AfterValidator(_not_blank)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,11 +81,11 @@ HIGHER_IS_BETTER = {"top1": True, "top5": True, "top1_err": False, "top5_err": F
 
 
 class Source(_Strict):
-    paper: str = Field(min_length=3)  # "Squeeze-and-Excitation Networks (Hu et al.)"
+    paper: Text = Field(min_length=3)  # "Squeeze-and-Excitation Networks (Hu et al.)"
     arxiv: Optional[str] = Field(None, pattern=r"^\d{4}\.\d{4,5}(v\d+)?$")
-    where: str = Field(min_length=2)  # "Table 2", "abstract", "README"
+    where: Text = Field(min_length=2)  # "Table 2", "abstract", "README"
     repo: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")  # GitHub owner/name
-    file: Optional[str] = None  # a file of that repository
+    file: Optional[Text] = None  # a file of that repository
 
     @model_validator(mode="after")
     def _traceable(self) -> "Source":
@@ -81,7 +95,7 @@ class Source(_Strict):
 
 
 class ModelSetting(_Strict):
-    backbone: Optional[str] = None  # ours (resnet50, cifar_resnet110…) or the paper's (resnet152, vgg…)
+    backbone: Optional[Text] = None  # ours (resnet50, cifar_resnet110…) or the paper's (resnet152, vgg…)
     # None/"none" = the plain backbone; a block name; or {kind, stages, slot, every, <params>}
     attention: Union[None, str, dict[str, Any]] = None
     small_stem: Optional[bool] = None
@@ -99,6 +113,8 @@ class ModelSetting(_Strict):
             raise ValueError("attention: a mapping needs 'kind' (a block name)")
         if kind not in (None, "none") and kind not in block_names():
             raise ValueError(f"attention: unknown block {kind!r}; valid: {', '.join(block_names())}")
+        # On the paper's backbone (c2d-resnet50, vgg16…) the other keys describe the paper's
+        # setting in its own terms (non-local's `blocks: 5`) and are not checked against our block.
         if self.backbone in backbone_names():  # ours: the spec must build on it
             try:
                 resolve_spec(a, self.backbone)
@@ -111,7 +127,7 @@ class ModelSetting(_Strict):
 
 
 class DataSetting(_Strict):
-    dataset: str = Field(min_length=2)  # ours (imagenet, cifar100…) or the paper's (kinetics400, coco…)
+    dataset: Text = Field(min_length=2)  # ours (imagenet, cifar100…) or the paper's (kinetics400, coco…)
     train_res: Optional[int] = Field(None, gt=0)
     val_res: Optional[int] = Field(None, gt=0)
     batch_size: Optional[int] = Field(None, gt=0)
@@ -121,7 +137,14 @@ class OptimSetting(_Strict):
     epochs: Optional[int] = Field(None, gt=0)
     lr: Optional[float] = Field(None, gt=0)
     schedule: Optional[Literal["cosine", "step", "constant"]] = None
-    milestones: Optional[list[int]] = None
+    milestones: Optional[list[Annotated[int, Field(gt=0)]]] = None
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"milestones must be increasing epochs, got {v}")
+        return v
     weight_decay: Optional[float] = Field(None, ge=0)
 
 
@@ -130,18 +153,18 @@ class Setting(_Strict):
     model: ModelSetting = Field(default_factory=ModelSetting)
     data: Optional[DataSetting] = None
     optim: OptimSetting = Field(default_factory=OptimSetting)
-    note: Optional[str] = None  # what the keys cannot say ("ImageNet-pretrained", "1 block before the last of res4")
+    note: Optional[Text] = None  # what the keys cannot say ("ImageNet-pretrained", "1 block before the last of res4")
 
 
 
 class _ClaimBase(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=200)
-    title: str = Field(min_length=5)  # one sentence, as a reader would say it
+    title: Text = Field(min_length=5)  # one sentence, as a reader would say it
     source: Source
     status: Status  # verified (read in the source, or counted by building the model) or unverified (recalled)
-    status_note: Optional[str] = None  # "params verified", "verified (English text)"
+    status_note: Optional[Text] = None  # "params verified", "verified (English text)"
     setting: Setting
-    note: Optional[str] = None
+    note: Optional[Text] = None
 
 
 #: Metrics published as percentages (0 … 100); the others are counts or errors (≥ 0).
@@ -206,12 +229,21 @@ class StructuralClaim(_ClaimBase):
     metric: Literal["params", "gmacs", "block_params"]
     value: Optional[float] = None
     formula: Optional[str] = None
-    channels: Optional[list[int]] = None
+    channels: Optional[list[Annotated[int, Field(gt=0, le=MAX_CHANNELS)]]] = None
     versus: Optional[dict[str, Any]] = None
     op: Literal["==", "<", ">"] = "=="  # < and >: the setting against versus, no value
     tolerance: float = Field(0.0, ge=0)
     resnet_v1: bool = False  # count ResNet v1 (stride on the first 1×1 conv), as the papers do
     input: Optional[int] = Field(None, gt=0)  # default: setting.data.train_res, else the backbone's
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: Optional[int]) -> Optional[int]:
+        from blocks.cost import MAX_INPUT
+
+        if v is not None and v > MAX_INPUT:
+            raise ValueError(f"input is the square input size in pixels, at most {MAX_INPUT}, got {v:,}")
+        return v
 
     @field_validator("formula")
     @classmethod
@@ -225,6 +257,8 @@ class StructuralClaim(_ClaimBase):
         if self.metric == "block_params":
             if self.formula is None or not self.channels:
                 raise ValueError("block_params needs formula and channels")
+            for c in self.channels:
+                _eval_formula(self.formula, c)
             a = self.setting.model.attention
             if a in (None, "none"):
                 raise ValueError("block_params needs setting.model.attention (the block)")
@@ -264,26 +298,37 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 
 
 def _eval_formula(text: str, c: int) -> float:
-    """``"2*C**2 + 4.5*C"`` at ``C=c``: numbers, C, + − × ÷ ** and parentheses only."""
+    """``"2*C**2 + 4.5*C"`` at ``C=c``: numbers, C, + − × ÷ ** and parentheses only.
+
+    Evaluated in floating point (an integer power tower such as ``C**C**C`` would run for
+    ever); a division by zero, an overflow, a complex or non-finite result is a ValueError."""
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: a NUL byte
         raise ValueError(f"formula {text!r} is not an expression in C") from None
 
     def ev(n: ast.AST) -> float:
         if isinstance(n, ast.Expression):
             return ev(n.body)
         if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
-            return n.value
+            return float(n.value)
         if isinstance(n, ast.Name) and n.id == "C":
-            return c
+            return float(c)
         if isinstance(n, ast.BinOp) and type(n.op) in _OPS:
             return _OPS[type(n.op)](ev(n.left), ev(n.right))
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
             return -ev(n.operand)
         raise ValueError(f"formula {text!r}: only numbers, C, + - * / ** and parentheses are allowed")
 
-    return float(ev(tree))
+    try:
+        v = ev(tree)
+    except ZeroDivisionError:
+        raise ValueError(f"formula {text!r} divides by zero at C={c}") from None
+    except (OverflowError, RecursionError):
+        raise ValueError(f"formula {text!r} overflows at C={c}") from None
+    if not isinstance(v, float) or not math.isfinite(v):  # (-C)**0.5 is complex, 1e400 is inf
+        raise ValueError(f"formula {text!r} is not a finite real number at C={c} (got {v})")
+    return v
 
 
 # ---------------------------------------------------------------------------------------------

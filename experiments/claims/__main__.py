@@ -34,6 +34,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     for f in a.files:  # Path("") would be the current folder
         p.refuse_blank("a claims file path", f, "give a claims file (or none for the registry's)")
     a.files = [Path(f) for f in a.files]
+    seen = [f.resolve() for f in a.files]
+    twice = next((f for i, f in enumerate(a.files) if seen[i] in seen[:i]), None)
+    if twice is not None:  # every claim of it would be reported as a duplicate id
+        p.error(f"claims file {twice} is given twice: give each file once")
+    if a.cmd == "sync":
+        p.refuse_blank("--tracking-uri", a.tracking_uri, "give the URI (leave the flag out for $MLFLOW_TRACKING_URI)")
     if a.cmd == "sync" and not 0 < len(a.experiment.strip()) <= 500:
         p.error(f"--experiment {a.experiment[:40]!r}: an MLflow experiment name is 1..500 characters")
     try:
