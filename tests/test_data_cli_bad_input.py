@@ -6,6 +6,7 @@ writer starts.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,29 @@ def _bad_manifest(t: Path, content: bytes) -> Path:
     d = t / "b"
     d.mkdir()
     (d / "manifest.json").write_bytes(content)
+    return d
+
+
+def _fifo_manifest(t: Path) -> Path:
+    d = t / "b"
+    d.mkdir()
+    os.mkfifo(d / "manifest.json")  # reading it blocked for ever
+    return d
+
+
+def _endless_manifest(t: Path) -> Path:
+    d = t / "b"
+    d.mkdir()
+    (d / "manifest.json").symlink_to("/dev/zero")  # reading it filled the memory
+    return d
+
+
+def _foreign(t: Path, *files: str) -> Path:
+    """A folder of another program's files (they were replaced by a write without --force)."""
+    d = t / "foreign"
+    d.mkdir()
+    for name in files:
+        (d / name).write_text('{"mine": 1}' if name == "manifest.json" else "their data")
     return d
 
 
@@ -73,6 +97,7 @@ CASES = {
                          "--jpeg-quality"),
     "compress prob 1.5": (lambda t: W + ["digits", "--compress-prob", "1.5", "--out",
                                          str(t / "o")], "--compress-prob"),
+    "zero workers": (lambda t: W + ["digits", "--workers", "0", "--out", str(t / "o")], "--workers 0"),
     "negative workers": (lambda t: W + ["digits", "--workers", "-2", "--out", str(t / "o")],
                          "--workers"),
     "synthetic flag on digits": (lambda t: W + ["digits", "--train-count", "5", "--out",
@@ -130,6 +155,21 @@ CASES = {
     "root for a built-in dataset": (lambda t: W + ["digits", "--root", str(t / "nowhere"), "--out", str(t / "o")],
                                     "--root: digits is built in"),
     "info on an empty path": (lambda t: ["info", ""], "empty"),
+    # manifests that are not regular files: reading them blocked, or never ended
+    "manifest a FIFO": (lambda t: ["info", str(_fifo_manifest(t))], "manifest.json: cannot be read as a manifest"),
+    "manifest /dev/zero": (lambda t: ["info", str(_endless_manifest(t))], "manifest.json: cannot be read as a manifest"),
+    "write over a FIFO manifest": (lambda t: W + ["digits", "--out", str(_fifo_manifest(t)), "--quiet"],
+                                   "or pass --force to replace it"),
+    # another program's files in --out: they were replaced (exit 0)
+    "write over another program's manifest": (lambda t: W + ["digits", "--out", str(_foreign(t, "manifest.json",
+                                                                                           "train.beton")), "--quiet"],
+                                              "not an attnlab manifest"),
+    "write over betons without a manifest": (lambda t: W + ["digits", "--out", str(_foreign(t, "val.beton")), "--quiet"],
+                                             "holds val.beton without a manifest.json"),
+    # flags as typed: no abbreviation, no flag twice (argparse kept the last value silently)
+    "abbreviated flag": (lambda t: W + ["digits", "--out", str(t / "o"), "--max", "64"], "--max"),
+    "flag given twice": (lambda t: W + ["digits", "--out", str(t / "o"), "--max-res", "64", "--max-res", "32"],
+                         "--max-res given twice"),
 }
 
 
@@ -173,6 +213,7 @@ def test_a_good_invocation_still_works(tmp_path, capsys):
     (None, [], "set RAY_ADDRESS"),
     ("garbage", [], "RAY_ADDRESS 'garbage'"),
     ("", [], "RAY_ADDRESS is set but empty"),
+    ("local", [], "set RAY_ADDRESS"),  # 'local' started a Ray of this machine's own
 ])
 def test_on_cluster_checks_its_flags_and_address_before_ray(tmp_path, ray_address, extra, needle):
     """``--on-cluster`` joined Ray (without RAY_ADDRESS: started a local one) before a single
@@ -226,3 +267,12 @@ def test_out_at_or_inside_the_source_root_is_refused(where, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "lies inside --root" in err and err.count("\n") == 1, err
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == listing
+
+
+def test_another_programs_files_are_left_as_they_were(tmp_path, capsys):
+    out = _foreign(tmp_path, "manifest.json", "train.beton", "val.beton")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        cli(["write", "digits", "--out", str(out), "--quiet"])
+    assert e.value.code == 2 and "--force" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

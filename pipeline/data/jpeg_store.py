@@ -111,7 +111,7 @@ def write_jpeg_store(entry: DatasetEntry, source: Source, policy: dict, out: Pat
     wanted = base_manifest(entry, source, policy)
     wanted["format"] = store.JPEG_FORMAT
     with store.folder_lock(out, quiet=not progress):
-        problem = None if force else store.other_format_problem(out, store.JPEG_FORMAT)
+        problem = None if force else store.foreign_problem(out, store.JPEG_FORMAT)
         if problem:
             raise ConfigError(problem)
         old = None

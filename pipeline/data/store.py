@@ -14,9 +14,10 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from pipeline.errors import ConfigError
+from pipeline.yamlio import read_text
 from pipeline.procs import pid_alive, start_time
 
 MANIFEST = "manifest.json"
@@ -51,21 +52,33 @@ def digest(path: Path) -> str:
     return "sha256-sampled:" + h.hexdigest()
 
 
+#: A manifest is a few KiB; a larger file is not one of ours (and is not read whole).
+MANIFEST_MAX_BYTES = 1 << 20
+
+
+def _manifest_json(folder: Path) -> Any:
+    """The parsed ``manifest.json`` of ``folder``, ``None`` when absent; a ConfigError when it
+    is not a readable regular file of JSON (a FIFO or a device is not read: it would block or
+    never end)."""
+    path = folder / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        text = read_text(path, what="manifest", max_bytes=MANIFEST_MAX_BYTES)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: cannot be read as a manifest ({' '.join(str(e).split())})") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ConfigError(f"{path}: not valid JSON (corrupted manifest)") from None
+
+
 def read_manifest(folder: Path, fmt: str = FORMAT) -> Optional[dict]:
     """The manifest, ``None`` when absent; a ConfigError when present but unreadable."""
     path = folder / MANIFEST
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    m = _manifest_json(folder)
+    if m is None:
         return None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text (corrupted manifest)") from None
-    try:
-        m = json.loads(text)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path}: not valid JSON (corrupted manifest)") from None
     if not isinstance(m, dict) or m.get("format") != fmt:
         what = "beton" if fmt == FORMAT else "JPEG-copy"
         raise ConfigError(f"{path}: not an attnlab {what} manifest")
@@ -75,19 +88,39 @@ def read_manifest(folder: Path, fmt: str = FORMAT) -> Optional[dict]:
     return m
 
 
-def other_format_problem(folder: Path, fmt: str) -> Optional[str]:
-    """Why a write of ``fmt`` files into ``folder`` must not go on without ``--force``: the
-    folder's manifest belongs to the other format (beton files and a JPEG copy share the name
-    manifest.json, and the write would orphan the other's files).  None otherwise."""
+#: What a write of each format replaces in its folder, besides the manifest.
+WRITTEN = {FORMAT: tuple(beton_name(s) for s in SPLITS), JPEG_FORMAT: ("images",)}
+
+
+def foreign_problem(folder: Path, fmt: str) -> Optional[str]:
+    """Why a write of ``fmt`` files into ``folder`` must not go on without ``--force``, or None.
+
+    The write replaces ``manifest.json`` and the files of :data:`WRITTEN`; it may do so only
+    where they are its own: a manifest of this format (the writer then compares inputs).  Not
+    where the manifest is another program's (or damaged, or of another version), belongs to the
+    other format (beton files and a JPEG copy share the name manifest.json, and the write would
+    orphan the other's files), or where those files exist without a manifest (someone else's, or
+    an interrupted write)."""
     try:
-        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # absent, or damaged: the writer's own checks
-    if not isinstance(m, dict) or m.get("format") not in (FORMAT, JPEG_FORMAT) or m.get("format") == fmt:
+        m = _manifest_json(folder)
+    except ConfigError as e:
+        return f"{e}; write into another folder (--out), or pass --force to replace it"
+    where = "write into another folder (--out), or pass --force to replace {}"
+    if m is None:
+        found = [name for name in WRITTEN[fmt] if os.path.lexists(folder / name)]
+        if found:
+            return (f"{folder}: holds {' and '.join(found)} without a {MANIFEST} (not a complete attnlab write: "
+                    f"another program's files, or an interrupted write); " + where.format("them"))
         return None
-    what = "a JPEG copy" if m["format"] == JPEG_FORMAT else "beton files"
-    return (f"{folder}: holds {what} of {m.get('dataset')}; write into another folder (--out), or pass "
-            f"--force to replace it")
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT, JPEG_FORMAT):
+        return f"{folder / MANIFEST}: not an attnlab manifest; " + where.format("the folder's files")
+    if m.get("format") != fmt:
+        what = "a JPEG copy" if m["format"] == JPEG_FORMAT else "beton files"
+        return f"{folder}: holds {what} of {m.get('dataset')}; " + where.format("it")
+    if m.get("version") != FORMAT_VERSION:
+        return (f"{folder / MANIFEST}: manifest version {m.get('version')} (this attnlab writes {FORMAT_VERSION}); "
+                + where.format("it"))
+    return None
 
 
 def verify(folder: Path, manifest: dict) -> None:

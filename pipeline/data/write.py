@@ -102,7 +102,7 @@ def write_betons(entry: DatasetEntry, source: Source, policy: dict, out: Path, *
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    problem = None if force else store.other_format_problem(out, store.FORMAT)
+    problem = None if force else store.foreign_problem(out, store.FORMAT)
     if problem:  # before FFCV is looked for: the folder is wrong either way
         raise ConfigError(problem)
     try:
