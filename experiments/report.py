@@ -692,6 +692,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not re.fullmatch(NAME_PATTERN, a.grid):  # it names the default output folder
         p.error(f"--grid {a.grid!r}: a grid name is a letter or digit, then letters, digits, '_', '.' or '-'")
     p.refuse_blank("--out", a.out, "give a folder (leave the flag out for the default)")
+    p.refuse_blank("--tracking-uri", a.tracking_uri, "give the URI (leave the flag out for $MLFLOW_TRACKING_URI)")
     try:
         uri = a.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:

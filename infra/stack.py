@@ -228,6 +228,8 @@ def _wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | Non
                 return
         except OSError:
             pass
+        except ValueError:  # not a URL at all (a damaged stack.json): nothing will ever answer
+            raise StackError(f"{what}: {url!r} is not an http:// address") from None
         time.sleep(0.5)
     raise StackError(f"{what} not healthy at {url} after {timeout:.0f}s" + (f"; see {log}" if log else ""))
 

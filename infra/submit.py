@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not a.working_dir.strip() or not Path(a.working_dir).is_dir():
         p.error(f"--working-dir {a.working_dir!r}: not a folder")
     a.working_dir = Path(a.working_dir)
-    if not command:
-        cli_exit(ValueError("no command after --"))
+    if not command or not command[0].strip():
+        cli_exit(ValueError("no command after --" if not command else
+                            f"the command after -- is blank ({command[0]!r}): give the program to run"))
     try:
         if not healthy(state):
             raise StackError(f"no running stack in {state}: start it with `python -m infra.stack up --state {state}`")

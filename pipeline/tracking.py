@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .uris import foreign_sqlite, in_memory_sqlite, pinned_sqlite, sqlite_path
+from .uris import foreign_sqlite, in_memory_sqlite, pinned_sqlite, sqlite_path, sqlite_tables
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
@@ -488,7 +488,9 @@ def _database_problem(uri: str, timeout: float) -> str | None:
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise ``ConnectionError`` (one line) unless ``uri`` answers: a server's ``/health``, or a
-    local store that exists.  MLflow's client would otherwise retry for minutes."""
+    local store that exists (a SQLite file that holds MLflow's tables: an empty file would be
+    set up as a new store by the first client that opens it).  MLflow's client would otherwise
+    retry for minutes."""
     import urllib.error
     import urllib.request
 
@@ -510,6 +512,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         problem = foreign_sqlite(db, "an MLflow store")
         if problem:
             raise ConnectionError(f"tracking URI {uri}: {problem}")
+        if sqlite_tables(db) == frozenset():
+            raise ConnectionError(f"tracking URI {uri}: {db} holds no MLflow store yet (an empty database)")
         return
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     if "://" in uri and not uri.startswith("file://"):

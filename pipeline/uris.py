@@ -42,6 +42,18 @@ STORES = {"an MLflow store": frozenset({"experiments", "runs"}),
           "an Optuna study": frozenset({"studies", "trials"})}
 
 
+def sqlite_tables(db: Path) -> Optional[frozenset[str]]:
+    """The table names of the SQLite file ``db``, read-only (an empty file has none); None when
+    SQLite cannot read it (locked, damaged, not a database)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            return frozenset(row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.Error:
+        return None
+
+
 def foreign_sqlite(db: Path, store: str) -> Optional[str]:
     """Why the existing file ``db`` cannot be opened as ``store`` (a key of :data:`STORES`), as
     the tail of a one-line error; None when it can: a SQLite database without tables, with the
@@ -56,12 +68,8 @@ def foreign_sqlite(db: Path, store: str) -> Optional[str]:
         return None
     if header != b"SQLite format 3\x00":
         return f"{db} is not an SQLite database (a file of something else)"
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error:
+    tables = sqlite_tables(db)
+    if tables is None:
         return None  # locked or damaged: the store's own error then
     if tables and not STORES[store] <= tables:
         what = next((name for name, marks in STORES.items() if marks <= tables), "tables of something else")
