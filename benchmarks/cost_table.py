@@ -44,7 +44,8 @@ import torch
 import blocks
 from benchmarks.block_speed import peak_bytes, step
 from blocks.cost import count_macs, count_params
-from pipeline.errors import ArgumentParser, int_range, path_flag_problem
+from pipeline.errors import ArgumentParser, ConfigError, int_range, name_list, path_flag_problem
+from pipeline.yamlio import read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cost-table:begin -->", "<!-- cost-table:end -->"
@@ -239,31 +240,35 @@ def write(out: Path, text: str) -> None:
     out.write_text(f"# Attention blocks: cost\n\n{BEGIN}\n{text}\n{END}\n")
 
 
+#: The document the table goes into is read whole; docs/blocks.md is a few tens of KiB.
+DOC_MAX_BYTES = 16 * 2**20
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m benchmarks.cost_table", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int_range(1, 1024), default=1)
-    ap.add_argument("--repeats", type=int_range(1, 1000), default=3)
+    # None: not given (with --no-timing they would do nothing, and are refused)
+    ap.add_argument("--threads", type=int_range(1, 1024), default=None, help="timing: torch threads (default 1)")
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=None, help="timing: rounds (default 3)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "blocks.md"))
-    ap.add_argument("--only", default=None, help="comma list of block names (default: all)")
+    ap.add_argument("--only", type=name_list(blocks.names(), "block"), default=None,
+                    help="comma list of block names (default: all)")
     ap.add_argument("--no-timing", action="store_true", help="params and GMACs only")
     a = ap.parse_args(argv)
+    unused = [f for f, v in (("--threads", a.threads), ("--repeats", a.repeats)) if v is not None]
+    if a.no_timing and unused:
+        ap.error(f"{' and '.join(unused)} appl{'y' if len(unused) > 1 else 'ies'} to the timing, which --no-timing leaves out")
+    a.threads, a.repeats = a.threads or 1, a.repeats or 3
     names = blocks.names()
-    if a.only is not None:  # given empty, it is a mistake, not "all"
-        wanted = [s.strip() for s in a.only.split(",") if s.strip()]
-        unknown = sorted(set(wanted) - set(names))
-        if unknown or not wanted:  # an empty list would replace the table with an empty one
-            ap.error(f"--only: unknown block(s) {unknown}; valid: {', '.join(names)}" if unknown
-                     else f"--only {a.only!r}: give at least one block")
-        names = [n for n in names if n in wanted]
+    if a.only is not None:  # given empty, it is a mistake, not "all" (name_list refuses it)
+        names = [n for n in names if n in a.only]
     out = Path(a.out).expanduser().resolve()
     problem = path_flag_problem(a.out)
-    if problem is None and out.exists():  # the table goes into it: it must read as text, now
-        try:
-            out.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            problem = f"cannot be read as UTF-8 text ({type(e).__name__})"
+    if problem is None and (out.exists() or out.is_symlink()):  # the table goes into it: read it now
+        try:  # a regular file of UTF-8 text (a FIFO blocked, /dev/zero never ended)
+            doc = read_text(out, what="--out document", max_bytes=DOC_MAX_BYTES)
+        except ConfigError as e:
+            problem = " ".join(str(e).split())
         else:  # the table replaces the part between its markers; another file is not touched
-            doc = out.read_text()
             if doc.strip() and not (BEGIN in doc and END in doc):
                 problem = (f"has no {BEGIN} ... {END} markers: it is not a cost-table document; give a new "
                            f"file, or add the two marker lines where the table goes")

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int_range(1, 1024), default=1, help="torch threads (1: the figure the docs quote)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.batch * a.hw * a.hw < 2:  # the block's batch norm needs two values per channel
+        ap.error(f"--batch {a.batch} with --hw {a.hw} gives one value per channel; training-mode batch norm "
+                 "needs at least two (a larger --batch or --hw)")
     retain_freed_memory()
     torch.set_num_threads(a.threads)
     r = measure(a.batch, a.channels, a.hw, a.repeats)

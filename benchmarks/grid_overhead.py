@@ -292,6 +292,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--profile-out", default=None, help="save the cProfile stats of the first fit start here")
     p.add_argument("--startup-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.profile_out is not None and a.skip_startup:
+        p.error("--profile-out profiles the start-up breakdown, which --skip-startup leaves out")
     if a.profile_out is not None:
         problem = path_flag_problem(a.profile_out)
         if problem:

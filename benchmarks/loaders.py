@@ -148,7 +148,7 @@ def epoch(loader) -> tuple[int, float, float]:
 
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
-    from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range, path_flag_problem
+    from pipeline.errors import ArgumentParser, file_problem, folder_problem, int_list, int_range, name_list, path_flag_problem
 
     p = ArgumentParser(prog="python -m benchmarks.loaders", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int_range(1, 10_000_000), default=3000)
@@ -158,14 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int_range(0, 512), default=2)
     p.add_argument("--rounds", type=int_range(1, 1000), default=5)
     p.add_argument("--data", default="/tmp/attnlab-bench")
-    p.add_argument("--only", default="", help=f"comma list of loaders to run (default all: {', '.join(LOADERS)})")
+    p.add_argument("--only", type=name_list(LOADERS, "loader"), default=None, help=f"comma list of loaders to run (default all: {', '.join(LOADERS)})")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.classes > args.images:
         p.error(f"--classes ({args.classes}) must not exceed --images ({args.images})")
-    unknown = [n for n in args.only.split(",") if n and n not in LOADERS]
-    if unknown or (args.only and not args.only.strip(",")):
-        p.error(f"--only {args.only!r}: unknown loader(s) {', '.join(unknown)}; valid: {', '.join(LOADERS)}")
+    if args.batch > args.images:  # every loader drops the last partial batch
+        p.error(f"--batch ({args.batch}) must not exceed --images ({args.images}): an epoch would hold no batch")
     def data_folder_problem(path: Path):  # judged only: made once every flag passed
         return folder_problem(path, create=False)
 
@@ -179,7 +178,7 @@ def main(argv=None) -> int:
     folder = make_folder(data / f"imagefolder-{args.images}", args.images, args.classes)
     betons = data / f"betons-{args.images}"
     jpeg = data / f"jpeg-{args.images}"
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only) if args.only is not None else None
     from pipeline.config import DataConfig
     from pipeline.data import ensure_betons
 
@@ -211,8 +210,8 @@ def main(argv=None) -> int:
                                                      args.workers, main_normalise=True),
             "plain_torch": lambda: plain_torch(folder, res, args.batch, args.workers),
         }
-        if args.only:
-            makers = {k: v for k, v in makers.items() if k in args.only.split(",")}
+        if only is not None:
+            makers = {k: v for k, v in makers.items() if k in only}
         loaders = {}
         for name, make in makers.items():
             t = time.perf_counter()

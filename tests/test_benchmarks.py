@@ -248,7 +248,7 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("cost_table", ["--repeats", "zero"], "--repeats"),
     ("cost_table", ["--out", "{tmp}"], "is a folder, not a file"),
     ("cost_table", ["--only", ","], "--only"),
-    ("cost_table", ["--only", ""], "--only '': give at least one block"),  # ran every block
+    ("cost_table", ["--only", ""], "argument --only: give at least one block, got ''"),  # ran every block
     ("cost_table", ["--out", "{tmp}/notes.md"], "has no <!-- cost-table:begin -->"),  # appended to it
     ("cost_table", ["--out", "{tmp}/new/blocks.md", "--only", "zzz"], "--only"),  # --out's folder not made
     ("digits_check", ["--epochs", "0"], "optim.epochs"),
