@@ -214,3 +214,28 @@ def test_declared_stage_strides_are_the_models(name, small_stem):
         feats = net.forward_stages(torch.zeros(1, 3, need, need))
     assert all(min(f.shape[-2:]) >= 2 for f in feats)
     assert min_input(name, small_stem) == strides[-1]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_registered_block_counts_are_the_built_ones(name):
+    """The registry's residual blocks per stage (what a spec's ``every`` is checked against before
+    anything is built) are those of the built backbone."""
+    from blocks.insert import residual_blocks
+
+    entry = get_backbone(name)
+    with torch.device("meta"):
+        net = entry.build(10)
+    assert tuple(len(residual_blocks(s)) for s in net.stages) == entry.stage_blocks
+
+
+@pytest.mark.parametrize("backbone,every,ok", [("cifar_resnet20", 3, True), ("cifar_resnet20", 4, False),
+                                               ("resnet50", 6, True), ("resnet50", 7, False)])
+def test_an_every_beyond_the_blocks_of_every_stage_is_refused(backbone, every, ok):
+    from blocks import resolve_spec
+
+    spec = {"kind": "se", "slot": "after_block", "every": every, "stages": [1, 2, 3]}
+    if ok:
+        assert resolve_spec(spec, backbone).every == every
+    else:
+        with pytest.raises(ValueError, match=f"every {every} inserts no block in {backbone}"):
+            resolve_spec(spec, backbone)

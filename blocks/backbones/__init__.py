@@ -8,7 +8,7 @@ from .base import Backbone, Stage, StemStagesBackbone, residual_blocks
 from .cifar import CIFAR_DEPTHS, cifar_resnet
 from .gsa_resnet import GSA_DEPTHS, gsa_resnet
 from .pretrained import load_backbone_weights
-from .tv_resnet import TV_DEPTHS, TVResNet, tv_resnet
+from .tv_resnet import LAYOUT, TV_DEPTHS, TVResNet, tv_resnet
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class BackboneEntry:
     small_stem_option: bool
     stage_strides: tuple[int, ...] = ()  # how far each stage's output is downsampled from the input
     small_stem_strides: tuple[int, ...] = ()  # the same with the small (3×3/1) stem
+    stage_blocks: tuple[int, ...] = ()  # residual blocks per stage
 
     def strides(self, small_stem: bool = False) -> tuple[int, ...]:
         return self.small_stem_strides if small_stem and self.small_stem_option else self.stage_strides
@@ -31,13 +32,16 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 
 def register_backbone(name: str, build: Callable[..., Backbone], num_stages: int,
                       default_input: int, small_stem_option: bool, default_classes: int = 1000,
-                      stage_strides: tuple[int, ...] = (), small_stem_strides: tuple[int, ...] = ()) -> None:
+                      stage_strides: tuple[int, ...] = (), small_stem_strides: tuple[int, ...] = (),
+                      stage_blocks: tuple[int, ...] = ()) -> None:
     if name in _BACKBONES:
         raise ValueError(f"backbone {name!r} registered twice")
     if stage_strides and len(stage_strides) != num_stages:
         raise ValueError(f"backbone {name!r}: {len(stage_strides)} stage strides for {num_stages} stages")
+    if stage_blocks and len(stage_blocks) != num_stages:
+        raise ValueError(f"backbone {name!r}: {len(stage_blocks)} block counts for {num_stages} stages")
     _BACKBONES[name] = BackboneEntry(name, build, num_stages, default_input, default_classes, small_stem_option,
-                                     tuple(stage_strides), tuple(small_stem_strides))
+                                     tuple(stage_strides), tuple(small_stem_strides), tuple(stage_blocks))
 
 
 # downsampling after each stage: CIFAR ResNets have a 3×3/1 stem; the ImageNet ones a 7×7/2 conv
@@ -49,15 +53,17 @@ _IMAGENET_STRIDES, _SMALL_STEM_STRIDES = (4, 8, 16, 32), (1, 2, 4, 8)
 for _d in CIFAR_DEPTHS:
     register_backbone(f"cifar_resnet{_d}", lambda num_classes, small_stem=False, d=_d: cifar_resnet(d, num_classes),
                       num_stages=3, default_input=32, small_stem_option=False, default_classes=10,
-                      stage_strides=_CIFAR_STRIDES)
+                      stage_strides=_CIFAR_STRIDES, stage_blocks=((_d - 2) // 6,) * 3)
 for _d in TV_DEPTHS:
     register_backbone(f"resnet{_d}", lambda num_classes, small_stem=False, d=_d: tv_resnet(d, num_classes, small_stem),
                       num_stages=4, default_input=224, small_stem_option=True,
-                      stage_strides=_IMAGENET_STRIDES, small_stem_strides=_SMALL_STEM_STRIDES)
+                      stage_strides=_IMAGENET_STRIDES, small_stem_strides=_SMALL_STEM_STRIDES,
+                      stage_blocks=LAYOUT[_d][1])
 for _d in GSA_DEPTHS:  # every bottleneck 3×3 conv replaced by GSA (arXiv:2010.03019)
     register_backbone(f"gsa_resnet{_d}", lambda num_classes, small_stem=False, d=_d: gsa_resnet(d, num_classes, small_stem),
                       num_stages=4, default_input=224, small_stem_option=True,
-                      stage_strides=_IMAGENET_STRIDES, small_stem_strides=_SMALL_STEM_STRIDES)
+                      stage_strides=_IMAGENET_STRIDES, small_stem_strides=_SMALL_STEM_STRIDES,
+                      stage_blocks=GSA_DEPTHS[_d])
 
 
 def backbone_names() -> list[str]:
