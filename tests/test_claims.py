@@ -86,6 +86,19 @@ claims:
       data: {dataset: imagenet, train_res: 224}
 """
 
+STRUCT = textwrap.dedent("""\
+    claims:
+      - id: f
+        kind: structural
+        title: "a block formula"
+        status: verified
+        source: {paper: "x paper", arxiv: "1711.07971", where: "T1"}
+        metric: block_params
+        formula: "2*C**2"
+        channels: [64]
+        setting: {model: {attention: nonlocal}}
+    """)
+
 BAD = [
     # (what, replace this, with that, line, text in the message)
     ("string value", "value: 76.61", 'value: "76.61"', 8, "claims[0].value: Input should be a valid number"),
@@ -107,18 +120,7 @@ BAD = [
     ("top-level key", GOOD, GOOD + "extra: 1\n", 12, "extra: unknown key"),
     ("yaml syntax", "value: 76.61", "value: [76.61", 9, "not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at line 8)"),
     ("claim not a mapping", GOOD, "claims:\n  - just a string\n", 2, "claims[0]: a claim is a mapping"),
-    ("bad formula", GOOD, textwrap.dedent("""\
-        claims:
-          - id: f
-            kind: structural
-            title: "a block formula"
-            status: verified
-            source: {paper: "x paper", arxiv: "1711.07971", where: "T1"}
-            metric: block_params
-            formula: "__import__('os')"
-            channels: [64]
-            setting: {model: {attention: nonlocal}}
-        """), 8, "only numbers, C"),
+    ("bad formula", GOOD, STRUCT.replace('"2*C**2"', '"__import__(\'os\')"'), 8, "only numbers, C"),
     ("structural without value", GOOD, textwrap.dedent("""\
         claims:
           - id: f
@@ -346,19 +348,6 @@ def test_claims_file_that_is_not_a_regular_file_is_one_line(case, tmp_path):
             "alias-bomb": "aliases expanded"}[case] in r.stderr, r.stderr
     assert time.perf_counter() - t < 20
 
-
-STRUCT = textwrap.dedent("""\
-    claims:
-      - id: f
-        kind: structural
-        title: "a block formula"
-        status: verified
-        source: {paper: "x paper", arxiv: "1711.07971", where: "T1"}
-        metric: block_params
-        formula: "2*C**2"
-        channels: [64]
-        setting: {model: {attention: nonlocal}}
-    """)
 
 STRUCT_BAD = [
     # (what, replace this, with that, text in the message)
