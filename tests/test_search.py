@@ -153,9 +153,10 @@ def _env(ray_head, uri):
 
 
 def _search(spec, storage, env, *extra, timeout=1200):
+    defaults = [a for flag, value in (("--cpus-per-trial", "1"), ("--max-concurrent", "2")) if flag not in extra
+                for a in (flag, value)]  # a flag given twice is an error: extra's value instead of the default
     return subprocess.run([PY, str(ROOT / "experiments" / "search.py"), "--spec", str(spec), "--storage", str(storage),
-                           "--cpus-per-trial", "1", "--max-concurrent", "2", *extra],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                           *defaults, *extra], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _runs(uri, experiment):
