@@ -147,13 +147,13 @@ def resolve_spec(attention: Any, backbone: str | int) -> AttentionSpec | None:
             every = attention["every"]
             if not isinstance(every, int) or isinstance(every, bool) or every < 1:
                 raise ValueError(f"attention {kind!r}: every must be an int >= 1, got {every!r}")
-            counts = get_backbone(backbone).stage_blocks if isinstance(backbone, str) else ()
-            if counts and all(every > counts[s - 1] for s in stages):  # the model would be the plain backbone
-                per = ", ".join(f"stage {s}: {counts[s - 1]}" for s in stages)
-                raise ValueError(f"attention {kind!r}: every {every} inserts no block in {backbone} (residual "
-                                 f"blocks per stage: {per})")
         elif slot == "after_block":
             every = entry.default_every
+        counts = get_backbone(backbone).stage_blocks if isinstance(backbone, str) else None  # None: a stage count
+        if slot == "after_block" and counts and all(every > counts[s - 1] for s in stages):
+            per = ", ".join(f"stage {s}: {counts[s - 1]}" for s in stages)  # the model would be the plain backbone
+            raise ValueError(f"attention {kind!r}: every {every} inserts no block in {backbone} (residual "
+                             f"blocks per stage: {per})")
     elif attention.get("slot") is not None or attention.get("every") is not None:
         raise ValueError(f"attention {kind!r} is model-level: it takes no slot/every")
     return AttentionSpec(kind=kind, stages=stages, slot=slot, every=every, params=dict(params))
@@ -193,10 +193,6 @@ def insert_attention(net: Backbone, spec: AttentionSpec) -> list[nn.Module]:
                     if str(i) in stage.attn:
                         raise ValueError(f"{spec.slot}: stage {s} already has attention after block {i}")
                     stage.attn[str(i)] = make(net.stage_channels[s - 1])
-    if not inserted:  # the model would be the plain backbone under an attention's name
-        sizes = ", ".join(f"stage {s}: {len(residual_blocks(net.stages[s - 1]))}" for s in spec.stages)
-        raise ValueError(f"attention {spec.kind!r}: every {spec.every} inserts no block (residual blocks per "
-                         f"stage: {sizes}); give an every of at most the blocks of a stage")
     return inserted
 
 

@@ -32,13 +32,13 @@ _BACKBONES: dict[str, BackboneEntry] = {}
 
 def register_backbone(name: str, build: Callable[..., Backbone], num_stages: int,
                       default_input: int, small_stem_option: bool, default_classes: int = 1000,
-                      stage_strides: tuple[int, ...] = (), small_stem_strides: tuple[int, ...] = (),
-                      stage_blocks: tuple[int, ...] = ()) -> None:
+                      stage_strides: tuple[int, ...] = (), small_stem_strides: tuple[int, ...] = (), *,
+                      stage_blocks: tuple[int, ...]) -> None:
     if name in _BACKBONES:
         raise ValueError(f"backbone {name!r} registered twice")
     if stage_strides and len(stage_strides) != num_stages:
         raise ValueError(f"backbone {name!r}: {len(stage_strides)} stage strides for {num_stages} stages")
-    if stage_blocks and len(stage_blocks) != num_stages:
+    if len(stage_blocks) != num_stages:  # what a spec's `every` is checked against
         raise ValueError(f"backbone {name!r}: {len(stage_blocks)} block counts for {num_stages} stages")
     _BACKBONES[name] = BackboneEntry(name, build, num_stages, default_input, default_classes, small_stem_option,
                                      tuple(stage_strides), tuple(small_stem_strides), tuple(stage_blocks))
