@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 
 import blocks
+from blocks import _cpu_kernels as cpu_kernels
 from benchmarks._memory import minor_faults, retain_freed_memory, traced_peak_bytes
 from blocks.registry import UnknownBlockError
 from pipeline.errors import ArgumentParser, int_range, name_list
@@ -294,13 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             out += [
                 {"size": size, "channels": c, "hw": hw, "batch": a.batch, "label": r.label,
                  "status": r.status, "params": r.params, "time_ms": r.time_ms, "times_ms": r.times_ms,
-                 "peak_mib": r.peak_mib, "act_mib": r.act_mib, "faults": r.faults, "allocator": allocator}
+                 "peak_mib": r.peak_mib, "act_mib": r.act_mib, "faults": r.faults, "allocator": allocator,
+                 "cpu_kernels": cpu_kernels.status()}
                 for r in rows
             ]
         else:
             print(f"\n## {size}: C={c}, {hw}×{hw}, batch {a.batch}, median of {a.repeats} "
                   f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-                  f"allocator {allocator})\n")
+                  f"allocator {allocator}; CPU kernels: {cpu_kernels.status()})\n")
             print(table(rows), flush=True)
     if a.json:
         print(json.dumps(out, indent=1, default=lambda v: None))

@@ -13,8 +13,9 @@ block's own helpers ``_plus_gemm``, ``_outer_and_project`` and ``_aggregate_y_in
 its docstring), on random tensors:
 
 * projections (the same multiply-adds as the two convs, forward and backward): V = W_v x;
-  z = x + [W' | b'] [y; 1] (a GEMM, then x added: the residual add included); Σ gz [y; 1]ᵀ and
-  W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV (a GEMM, then gz added); dW_v = Σ dV xᵀ;
+  z = x + [W' | b'] [y; 1] (the residual add included: x is the GEMM's initial value in the
+  compiled kernel, ``blocks/_cpu_kernels.py``, else a GEMM then x added); Σ gz [y; 1]ᵀ and
+  W'ᵀ gz in one pass over gz; dL/dx = gz + W_vᵀ dV (the same); dW_v = Σ dV xᵀ;
 * aggregation: T = V Kwᵀ, y = Kh T; backward dT = Khᵀ dy, dV = dT Kw, and the two kernel
   gradients that reach σ (dKh = Σ dy Tᵀ, dKw = Σ dTᵀ V);
 * BN statistics folded onto y (C' channels): the batch mean k of y from V, the moments of
@@ -38,6 +39,7 @@ import torch
 import torch.nn as nn
 
 import blocks
+from blocks import _cpu_kernels as cpu_kernels
 from blocks.gaussian import _aggregate_y_into, _outer_and_project, _plus_gemm
 from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
@@ -80,11 +82,11 @@ def parts(n: int, c: int, hw: int, reduction: int = 8) -> list[Part]:
     agg_x, agg_y = b * h * w * w, b * h * h * w  # along x (W-wide), along y (H-wide)
     return [
         Part("projections", "V = W_v x", proj, lambda: torch.bmm(w_v.expand(n, cp, c), x, out=out_cp)),
-        Part("projections", "z = x + W'[y; 1], the GEMM then x added", n * c * (cp + 1) * l,
+        Part("projections", "z = x + W'[y; 1], residual add included", n * c * (cp + 1) * l,
              lambda: _plus_gemm(x, w_aug, ya)),
         Part("projections", "Σ gz [y; 1]ᵀ and W'ᵀ gz, one pass over gz", n * c * (2 * cp + 1) * l,
              lambda: _outer_and_project(ya, gz, w2t)),
-        Part("projections", "dx = gz + W_vᵀ dV, the GEMM then gz added", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
+        Part("projections", "dx = gz + W_vᵀ dV, residual add included", proj, lambda: _plus_gemm(gz, w_v.t(), v)),
         Part("projections", "dW_v = Σ dV xᵀ", proj, lambda: _outer_and_project(v, x)),
         Part("aggregation", "T = V Kwᵀ", agg_x, lambda: torch.mm(v.view(b * h, w), kw.t())),
         Part("aggregation", "y − k = Kh T − k, into [y − k; 1]", agg_y, lambda: _aggregate_y_into(ya, kh, t, shift)),
@@ -138,6 +140,7 @@ def measure(n: int, c: int, hw: int, repeats: int) -> dict:
     total = sum(sums.values())
     return {
         "batch": n, "channels": c, "hw": hw, "repeats": repeats, "threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels.status(),
         "parts": [{"group": p.group, "label": p.label, "macs": p.macs, "ms": p.ms} for p in ps],
         "groups_ms": sums, "parts_ms": total, "block_ms": block_ms, "convs_ms": convs_ms,
         "parts_over_convs": total / convs_ms, "block_over_convs": block_ms / convs_ms,
@@ -151,6 +154,7 @@ def report(r: dict) -> str:
     lines = [
         f"## batch {r['batch']}, C={r['channels']}, {r['hw']}×{r['hw']}, median of {r['repeats']} "
         f"(torch {torch.__version__}, {r['threads']} threads, {os.cpu_count()} CPUs)\n",
+        f"CPU kernels: {r['cpu_kernels']}\n",
         "| group | part | M multiply-adds | ms | GMAC/s |",
         "|---|---|---:|---:|---:|",
     ]

@@ -87,9 +87,11 @@ autograd; the dense form, other dtypes, autocast or a replaced ``bn`` take that 
   comments): dL/dx = gz + W_vᵀ dL/dV is one GEMM and an add of gz (no separate gradient
   accumulation pass), dL/d(W', b') one GEMM against [y; 1].
 * Saved for backward: x (the caller's), V, T = V Kwᵀ and [y − k; 1] (C' or C'+1 channels each).
-* On a CPU the GEMMs that touch a width-C tensor run on chunks of the batch (``CPU_CHUNK_BYTES``,
-  one sample at least), so that a chunk is still in the cache for the second pass over it (the
-  add of x onto the GEMM's output, of gz onto dL/dx's), and the two GEMMs that read gz on
+* On a CPU the two GEMMs with a residual add (x onto z's GEMM, gz onto dL/dx's) run in a
+  compiled kernel in which x (gz) is the GEMM's initial value, so each output tile is written
+  once (:mod:`blocks._cpu_kernels`; torch has no such operator).  Where that kernel is not
+  available they run on chunks of the batch (``CPU_CHUNK_BYTES``, one sample at least), so that
+  a chunk is still in the cache for the second pass over it (the add).  The two GEMMs that read gz run on
   blocks of columns of one sample (``CPU_BLOCK_BYTES``), so that the second reads the block
   from the L2 cache; elsewhere they are batched GEMMs over the whole batch (one launch each).
   For a square map Kw is Kh.
@@ -109,6 +111,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ._cpu_kernels import plus_gemm
 from ._softmax import safe_softmax
 from .maps import MapsMixin
 from .registry import register
@@ -315,9 +318,17 @@ def _aggregate_y_into(ya: torch.Tensor, kh: torch.Tensor, t: torch.Tensor, shift
 def _plus_gemm(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """base + w · rhs per sample, as a new tensor: (N, C, L) + (C, K) · (N, K, L) -> (N, C, L).
 
-    A chunk at a time: the GEMM writes the chunk (no read of its output), then base is added
-    onto it while it is in the cache.
+    On a CPU the compiled kernel (:func:`blocks._cpu_kernels.plus_gemm`: base is the GEMM's
+    initial value, each output tile written once); where it does not apply, a chunk at a time:
+    the GEMM writes the chunk (no read of its output), then base is added onto it while it is in
+    the cache.
     """
+    out = plus_gemm(base, w, rhs)
+    return _plus_gemm_torch(base, w, rhs) if out is None else out
+
+
+def _plus_gemm_torch(base: torch.Tensor, w: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """:func:`_plus_gemm` on torch operators (the fallback of the compiled kernel)."""
     out = torch.empty_like(base)  # (N, C, L)
     for sl in reversed(_batch_chunks(base)):  # last chunk first: the one most recently read
         torch.bmm(w.expand(base[sl].shape[0], *w.shape), rhs[sl], out=out[sl])

@@ -204,6 +204,30 @@ def test_gaussian_parts_are_the_blocks_own_gemms(n, c, hw):
     assert 0 <= block_macs - parts_macs <= 4 * c * cp * (cp + 1), (block_macs, parts_macs)
 
 
+# --- plus_gemm.py: the residual GEMM in the compiled kernel against torch ----------------------
+
+def test_plus_gemm_benchmark_times_every_shape_and_column():
+    from blocks import _cpu_kernels
+
+    if not _cpu_kernels.status().startswith("compiled"):
+        pytest.skip(_cpu_kernels.status())
+    r = _run_module("plus_gemm", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout)
+    from benchmarks.plus_gemm import COLUMNS, SHAPES
+
+    assert [row["shape"] for row in rows] == [s[0] for s in SHAPES]
+    assert all(set(row["ms"]) == set(COLUMNS) and min(row["ms"].values()) > 0 for row in rows)
+    assert all(row["kernel_over_torch"] == pytest.approx(row["ms"]["kernel"] / row["ms"]["torch"]) for row in rows)
+
+
+def test_plus_gemm_benchmark_without_the_kernel_says_so():
+    r = subprocess.run([sys.executable, "-m", "benchmarks.plus_gemm", "--repeats", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, ATTNLAB_CPU_KERNELS="0"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "not in use here: off (ATTNLAB_CPU_KERNELS=0)" in lines[0], r.stderr
+
+
 def test_gaussian_parts_runs_and_reports_the_ratios():
     r = _run_module("gaussian_parts", "--batch", "2", "--channels", "16", "--hw", "9", "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -264,6 +288,7 @@ def test_host_augment_runs_and_its_two_forms_agree():
     ("train_throughput", ["--threads", "0"], "--threads"),
     ("train_throughput", ["--res", "1"], "--res"),
     ("gaussian_parts", ["--hw", "100000"], "--hw"),
+    ("plus_gemm", ["--repeats", "0"], "--repeats"),
 ])
 def test_every_benchmark_refuses_a_bad_flag_in_one_line(name, flags, needle, tmp_path):
     """Out-of-range numbers, unknown names and unusable output paths are refused before a
