@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,6 +42,7 @@ from blocks import _cpu_kernels as cpu_kernels
 from blocks.gaussian import _aggregate_y_into, _outer_and_project, _plus_gemm
 from blocks.se import reduced
 from benchmarks._memory import retain_freed_memory
+from benchmarks._timing import interleaved_ms
 from pipeline.errors import ArgumentParser, int_range
 
 GROUPS = ("projections", "aggregation", "BN statistics")
@@ -120,20 +120,9 @@ def measure(n: int, c: int, hw: int, repeats: int) -> dict:
     x = torch.randn(n, c, hw, hw, requires_grad=True)
     g = torch.randn(n, c, hw, hw)
     whole = {"gaussian block": lambda: _step(block, x, g), "two 1×1 convs": lambda: _step(convs, x, g)}
-    times = {k: [] for k in whole}
-    for f in [*whole.values(), *(p.run for p in ps)]:
-        f()  # warm-up
-    for _ in range(repeats):
-        for k, f in whole.items():
-            f()
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-        for p in ps:
-            p.run()
-            t0 = time.perf_counter()
-            p.run()
-            p.times_ms.append((time.perf_counter() - t0) * 1e3)
+    times = interleaved_ms({**whole, **{p.label: p.run for p in ps}}, repeats)
+    for p in ps:
+        p.times_ms = times[p.label]
     block_ms = statistics.median(times["gaussian block"])
     convs_ms = statistics.median(times["two 1×1 convs"])
     sums = {grp: sum(p.ms for p in ps if p.group == grp) for grp in GROUPS}

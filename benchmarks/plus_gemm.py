@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 
 import torch
 
 from benchmarks._memory import retain_freed_memory
+from benchmarks._timing import interleaved_ms
 from blocks import _cpu_kernels as cpu_kernels
 from blocks.gaussian import _plus_gemm_torch
 from pipeline.errors import ArgumentParser, int_range
@@ -60,13 +60,7 @@ def measure(repeats: int, threads: int) -> list[dict]:
             "kernel, streaming stores": lambda: cpu_kernels.plus_gemm(base, a, y, stream=True, threads=threads),
             "GEMM alone": lambda: torch.bmm(a.expand(n, c, k), y),
         }
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, f in runs.items():
-                f()
-                t0 = time.perf_counter()
-                f()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+        times = interleaved_ms(runs, repeats)
         ms = {name: statistics.median(t) for name, t in times.items()}
         rows.append({"shape": label, "n": n, "c": c, "k": k, "l": l, "mib": base.numel() * 4 / 2**20,
                      "ms": ms, "kernel_over_torch": ms["kernel"] / ms["torch"]})

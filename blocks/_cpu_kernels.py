@@ -91,6 +91,39 @@ def _compiler() -> tuple[str, str]:
     return path, r.stdout.splitlines()[0] if r.stdout else ""
 
 
+_SELF_TEST = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+n, c, k, l = 2, 7, 3, 19  # a row tile and a row, a vector, a partial vector
+for name, t in (("plus_gemm_f32", ctypes.c_float), ("plus_gemm_f64", ctypes.c_double)):
+    a = [((i * 7) % 5 - 2) / 4 for i in range(c * k)]
+    y = [((i * 3) % 7 - 3) / 8 for i in range(n * k * l)]
+    base = [((i * 5) % 9 - 4) / 2 for i in range(n * c * l)]
+    A, Y, B, O = (t * len(a))(*a), (t * len(y))(*y), (t * len(base))(*base), (t * len(base))()
+    fn = getattr(lib, name)
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+    for stream, threads in ((0, 1), (1, 2)):
+        assert fn(A, Y, B, O, n, c, k, l, stream, threads) == 0
+        for m in range(n):
+            for i in range(c):
+                for j in range(l):
+                    want = base[(m * c + i) * l + j] + sum(a[i * k + q] * y[(m * k + q) * l + j] for q in range(k))
+                    assert O[(m * c + i) * l + j] == want, (name, m, i, j)  # exact: short dyadic sums
+"""
+
+
+def _self_test(lib: Path) -> str | None:
+    """Run the fresh library on a small known answer in a child process (an instruction the CPU
+    lacks kills the child, not us): None if right, else what went wrong."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _SELF_TEST, str(lib)], capture_output=True, text=True, timeout=120)
+    if r.returncode == 0:
+        return None
+    why = f"killed by signal {-r.returncode}" if r.returncode < 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+    return f"the built library failed its self-test ({why})"
+
+
 def _build() -> Path:
     src = SOURCE.read_bytes()
     cc, version = _compiler()
@@ -105,11 +138,12 @@ def _build() -> Path:
         tmp = directory / f".{lib.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         cmd = [cc, *flags, "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(SOURCE)]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if r.returncode == 0:
+        problem = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1] if r.returncode else _self_test(tmp)
+        if problem is None:
             os.replace(tmp, lib)
             return lib
         tmp.unlink(missing_ok=True)
-        errors.append(f"{' '.join(flags)}: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}")
+        errors.append(f"{' '.join(flags)}: {problem}")
     raise OSError("compiling blocks/_cpu_kernels.c failed (" + "; ".join(errors) + ")")
 
 

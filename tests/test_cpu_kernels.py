@@ -187,3 +187,26 @@ def test_no_home_folder_builds_in_the_temporary_directory(tmp_path):
     r = _python(_BLOCK_AGAINST_REFERENCE, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"STATUS compiled ({tmp_path / 'tmp'}" in r.stdout, r.stdout
+
+
+@needs_cc
+def test_a_library_that_computes_wrong_is_never_used(tmp_path):
+    """Each build runs a known answer in a child process before it is cached (an instruction
+    the CPU lacks would kill the child, a wrong result fails it): a bad build is not loaded."""
+    bad_src = tmp_path / "bad.c"
+    bad_src.write_text(
+        "#include <stdint.h>\n"
+        "int plus_gemm_f32(void* a, void* y, void* b, void* o, int64_t n, int64_t c, int64_t k, int64_t l, int s, int t) { return 0; }\n"
+        "int plus_gemm_f64(void* a, void* y, void* b, void* o, int64_t n, int64_t c, int64_t k, int64_t l, int s, int t) { return 0; }\n"
+        "int vector_bytes(void) { return 32; }\n")
+    real = shutil.which(os.environ.get("CC") or "cc")
+    fake = tmp_path / "cc"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && exec {real} --version\n"
+                    f"while [ $# -gt 0 ]; do [ \"$1\" = -o ] && out=$2; shift; done\n"
+                    f"exec {real} -shared -fPIC -o \"$out\" {bad_src}\n")
+    fake.chmod(0o755)
+    r = _python(_BLOCK_AGAINST_REFERENCE, {"CC": str(fake), "ATTNLAB_KERNEL_DIR": str(tmp_path / "k")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "STATUS unavailable: compiling blocks/_cpu_kernels.c failed" in r.stdout, r.stdout
+    assert "failed its self-test" in r.stdout
+    assert not list((tmp_path / "k").iterdir())
