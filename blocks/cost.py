@@ -18,6 +18,7 @@ module, its name in the model, its input size and the form it runs.  ``model_cos
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from typing import Any
@@ -196,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-stem", action="store_true")
     p.add_argument("--json", action="store_true")
     typed = [t.split("=", 1)[0] for t in (sys.argv[1:] if argv is None else argv) if t.startswith("--")]
+    flags = {s for a in p._actions for s in a.option_strings}
+    unknown = next((f for f in typed if f not in flags), None)
+    if unknown:  # argparse would first say "--backbone is required" for --backb
+        close = difflib.get_close_matches(unknown, sorted(flags), n=1, cutoff=0.75)
+        p.error(f"unknown flag {unknown}" + (f" (did you mean {close[0]}?)" if close else ""))
     twice = next((f for f in typed if f != "--param" and typed.count(f) > 1), None)
     if twice:  # argparse would keep the last value silently
         p.error(f"{twice} given twice: give it once")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -80,14 +81,22 @@ def cli_exit(err: BaseException, code: int = 2) -> NoReturn:
 _COLLECTING = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction, argparse._ExtendAction)
 
 
+def unknown_flag_message(name: str, valid: Iterable[str]) -> str:
+    """``unknown flag --backb (did you mean --backbone?)``: the suggestion where one is close."""
+    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.75)
+    return f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` with three changes, so that no flag is read differently from
+    """``argparse.ArgumentParser`` with four changes, so that no flag is read differently from
     what was typed.  Use it for every CLI of the project so all of them fail the same way.
 
     * A usage error is one line, ``prog: error: what (see prog --help)``, exit 2 — the usage
       block is for ``--help``, not for a typo.
     * No abbreviations: ``--ou`` is not ``--out`` (argparse's ``allow_abbrev`` is off), so a flag
       that a wrapper strips or rewrites by its full name cannot slip through in a shorter form.
+    * An unknown flag is the error, with the closest valid one where there is one (argparse
+      reported it after its check of required flags: ``--backb`` read "--backbone is required").
     * A flag given twice is an error naming it (argparse keeps the last value silently), except
       flags that collect (``append``, ``extend``, ``count``).  Tokens after ``--`` and after a
       sub-command's name are not this parser's: a sub-command's parser checks its own.
@@ -119,6 +128,34 @@ class ArgumentParser(argparse.ArgumentParser):
             both = f"{name} given twice" if seen == name else f"{seen} and {name} both given (they set the same thing)"
             return f"{both}: give it once"
         return None
+
+    def unknown_flag(self, argv: Iterable[str]) -> Optional[str]:
+        """The error for the first token of ``argv`` that looks like a flag and is none of this
+        parser's (a sub-command's tokens checked by its parser), or None.  argparse would report
+        it only after its required-flag check, so ``--backb x`` was "--backbone is required"."""
+        by_name = {s for a in self._actions for s in a.option_strings}
+        commands = {c: sub for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                    for c, sub in a.choices.items()}
+        argv = list(argv)
+        for i, tok in enumerate(argv):
+            if tok == "--":
+                return None
+            if tok in commands:
+                sub = commands[tok]
+                return sub.unknown_flag(argv[i + 1:]) if isinstance(sub, ArgumentParser) else None
+            if not tok.startswith("-") or tok == "-" or self._negative_number_matcher.match(tok):
+                continue
+            name = tok.split("=", 1)[0] if tok.startswith("--") else tok[:2]
+            if name not in by_name:
+                return unknown_flag_message(name, by_name)
+        return None
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
+        argv = list(sys.argv[1:] if args is None else args)
+        problem = self.unknown_flag(argv)
+        if problem:
+            self.error(problem)
+        return super().parse_args(argv, namespace)
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
         argv = list(sys.argv[1:] if args is None else args)

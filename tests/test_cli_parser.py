@@ -31,7 +31,7 @@ def _error(argv, capsys) -> str:
     (["--out=a", "--out", "b"], "--out given twice"),
     (["--json", "--json"], "--json given twice"),
     (["--tracking", "on", "--no-tracking"], "--tracking and --no-tracking both given"),
-    (["--ou", "a"], "unrecognized arguments: --ou"),  # abbreviations were accepted
+    (["--ou", "a"], "unknown flag --ou (did you mean --out?)"),  # abbreviations were accepted
     (["--only", "se,,cbam"], "an empty item in 'se,,cbam'"),
     (["--only", "se,se"], "'se' is listed twice"),
     (["--only", " "], "give at least one block"),
@@ -70,3 +70,44 @@ def test_a_file_flag_naming_a_fifo_or_a_device_is_refused(tmp_path):
     assert "not a regular file" in file_problem(fifo)
     assert "not a regular file" in file_problem(Path("/dev/zero"))
     assert file_problem(tmp_path / "new.json") is None
+
+
+def _required_parser():
+    p = ArgumentParser(prog="prog")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--set", action="append", default=[])
+    sub = p.add_subparsers(dest="cmd")
+    run = sub.add_parser("run")
+    run.add_argument("--epochs", type=int)
+    return p
+
+
+@pytest.mark.parametrize("argv,needle", [
+    # argparse checked required flags first: "the following arguments are required: --backbone"
+    (["--backb", "resnet50"], "unknown flag --backb (did you mean --backbone?)"),
+    (["--backbone=r", "--bogus=1"], "unknown flag --bogus"),
+    (["--backbone", "r", "-x"], "unknown flag -x"),
+    (["--backbone", "r", "run", "--epoch", "3"], "unknown flag --epoch (did you mean --epochs?)"),  # the sub-command's
+])
+def test_an_unknown_flag_is_named_before_anything_else(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        _required_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    if "did you mean" not in needle:
+        assert "did you mean" not in err  # no far-fetched suggestion
+
+
+def test_values_that_look_like_flags_are_not_unknown_flags():
+    a = _required_parser().parse_args(["--backbone", "r", "--lr", "-0.5", "--set", "a=-1", "run", "--epochs", "-2"])
+    assert (a.lr, a.set, a.epochs) == (-0.5, ["a=-1"], -2)
+
+
+def test_blocks_cost_names_an_unknown_flag_before_the_required_one():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "blocks.cost", "--backb", "resnet50"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 2 and "unknown flag --backb (did you mean --backbone?)" in r.stderr, r.stderr

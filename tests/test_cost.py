@@ -61,7 +61,7 @@ def test_json_carries_forms(capsys):
     (["--backbone", "resnet50", "--attention", "se", "--param", "reduction=abc"], "reduction: expected an integer"),
     (["--backbone", "resnet50", "--attention", "gaussian", "--param", "radius=wide"], "radius"),
     (["--backbone", "resnet50", "--attention", "se", "--param", "reduction=true"], "reduction"),
-    (["--backbone", "resnet50", "--bogus"], "unrecognized arguments"),
+    (["--backbone", "resnet50", "--bogus"], "unknown flag --bogus"),
     (["--backbone", "nope"], "nope"),
     (["--backbone", "resnet50", "--input", "100000"], "--input must be 1..2048 px"),
     (["--backbone", "resnet50", "--input", "0"], "--input must be 1..2048 px"),
