@@ -150,19 +150,19 @@ class ArgumentParser(argparse.ArgumentParser):
                 return unknown_flag_message(name, by_name)
         return None
 
-    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
+    def _checked(self, args, check: Callable[[list[str]], Optional[str]]) -> list[str]:
+        """``args`` (default: the command line) as a list, after ``check`` found nothing wrong."""
         argv = list(sys.argv[1:] if args is None else args)
-        problem = self.unknown_flag(argv)
+        problem = check(argv)
         if problem:
             self.error(problem)
-        return super().parse_args(argv, namespace)
+        return argv
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
+        return super().parse_args(self._checked(args, self.unknown_flag), namespace)
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's entry point
-        argv = list(sys.argv[1:] if args is None else args)
-        problem = self.repeated_flag(argv)
-        if problem:
-            self.error(problem)
-        return super().parse_known_args(argv, namespace)
+        return super().parse_known_args(self._checked(args, self.repeated_flag), namespace)
 
     def refuse_blank(self, flag: str, value: Optional[str], hint: str) -> None:
         """The one-line error for a flag given as empty or blank (``--storage " "``: it would
