@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -103,20 +104,20 @@ for name, t in (("plus_gemm_f32", ctypes.c_float), ("plus_gemm_f64", ctypes.c_do
     fn = getattr(lib, name)
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
     for stream, threads in ((0, 1), (1, 2)):
-        assert fn(A, Y, B, O, n, c, k, l, stream, threads) == 0
+        if fn(A, Y, B, O, n, c, k, l, stream, threads) != 0:
+            sys.exit(f"{name}: starting its threads failed")
         for m in range(n):
             for i in range(c):
                 for j in range(l):
                     want = base[(m * c + i) * l + j] + sum(a[i * k + q] * y[(m * k + q) * l + j] for q in range(k))
-                    assert O[(m * c + i) * l + j] == want, (name, m, i, j)  # exact: short dyadic sums
+                    if O[(m * c + i) * l + j] != want:  # exact: short sums of dyadic fractions
+                        sys.exit(f"{name}: out[{m}, {i}, {j}] = {O[(m * c + i) * l + j]}, expected {want}")
 """
 
 
 def _self_test(lib: Path) -> str | None:
     """Run the fresh library on a small known answer in a child process (an instruction the CPU
     lacks kills the child, not us): None if right, else what went wrong."""
-    import sys
-
     r = subprocess.run([sys.executable, "-c", _SELF_TEST, str(lib)], capture_output=True, text=True, timeout=120)
     if r.returncode == 0:
         return None
@@ -137,12 +138,14 @@ def _build() -> Path:
             return lib
         tmp = directory / f".{lib.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         cmd = [cc, *flags, "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(SOURCE)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        problem = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1] if r.returncode else _self_test(tmp)
-        if problem is None:
-            os.replace(tmp, lib)
-            return lib
-        tmp.unlink(missing_ok=True)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            problem = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1] if r.returncode else _self_test(tmp)
+            if problem is None:
+                os.replace(tmp, lib)
+                return lib
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed or timed-out build leaves nothing behind
         errors.append(f"{' '.join(flags)}: {problem}")
     raise OSError("compiling blocks/_cpu_kernels.c failed (" + "; ".join(errors) + ")")
 
