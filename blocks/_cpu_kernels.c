@@ -76,27 +76,20 @@ static inline __attribute__((always_inline)) void tail_##SUFFIX(const T* A, int6
     }                                                                                                 \
 }                                                                                                     \
                                                                                                       \
-/* rows [c, c+rr) (rr is R or 1) × columns [l0, l1) */                                               \
-static void rows_##SUFFIX(const T* A, int64_t K, const T* Y, const T* base, T* out, int64_t L,        \
-                          int64_t c, int rr, int64_t l0, int64_t l1, int nt) {                        \
+/* rows [c, c+RR) × columns [l0, l1); inlined with RR = R or 1, so every tile's size is a  \
+   constant and its accumulators stay in registers */                                         \
+static inline __attribute__((always_inline)) void rows_##SUFFIX(const T* A, int64_t K, const T* Y,     \
+        const T* base, T* out, int64_t L, int64_t c, int RR, int64_t l0, int64_t l1, int nt) {        \
     const int64_t step = V * VW_##SUFFIX;                                                             \
     int64_t l = l0;                                                                                   \
-    if (rr == R) {                                                                                    \
-        for (; l + step <= l1; l += step) tile_##SUFFIX(A, K, Y, base, out, L, c, l, R, V, nt);       \
-        for (; l + VW_##SUFFIX <= l1; l += VW_##SUFFIX) tile_##SUFFIX(A, K, Y, base, out, L, c, l, R, 1, nt); \
-    } else {                                                                                          \
-        for (; l + step <= l1; l += step) tile_##SUFFIX(A, K, Y, base, out, L, c, l, 1, V, nt);       \
-        for (; l + VW_##SUFFIX <= l1; l += VW_##SUFFIX) tile_##SUFFIX(A, K, Y, base, out, L, c, l, 1, 1, nt); \
-    }                                                                                                 \
-    if (l < l1 && l1 - VW_##SUFFIX >= l0) {                                                                 \
+    for (; l + step <= l1; l += step) tile_##SUFFIX(A, K, Y, base, out, L, c, l, RR, V, nt);          \
+    for (; l + VW_##SUFFIX <= l1; l += VW_##SUFFIX) tile_##SUFFIX(A, K, Y, base, out, L, c, l, RR, 1, nt); \
+    if (l < l1 && l1 - VW_##SUFFIX >= l0)                                                             \
         /* the last vector of the row again, overlapping columns already written: each lane is    \
            the same sum in the same order, so they are rewritten with the same values */             \
-        if (rr == R) tile_##SUFFIX(A, K, Y, base, out, L, c, l1 - VW_##SUFFIX, R, 1, 0);              \
-        else tile_##SUFFIX(A, K, Y, base, out, L, c, l1 - VW_##SUFFIX, 1, 1, 0);                      \
-    } else if (l < l1) {                                                                              \
-        if (rr == R) tail_##SUFFIX(A, K, Y, base, out, L, c, l, R, (int)(l1 - l));                    \
-        else tail_##SUFFIX(A, K, Y, base, out, L, c, l, 1, (int)(l1 - l));                            \
-    }                                                                                                 \
+        tile_##SUFFIX(A, K, Y, base, out, L, c, l1 - VW_##SUFFIX, RR, 1, 0);                          \
+    else if (l < l1)                                                                                  \
+        tail_##SUFFIX(A, K, Y, base, out, L, c, l, RR, (int)(l1 - l));                                \
 }                                                                                                     \
                                                                                                       \
 typedef struct {                                                                                      \

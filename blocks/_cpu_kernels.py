@@ -22,7 +22,6 @@ traces, and for tensor subclasses — those all take the torch path.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -47,6 +46,8 @@ SWITCH = "ATTNLAB_CPU_KERNELS"
 STREAM_BYTES = 16 * 2**20
 STREAM_MIN_K = 16
 
+#: The library's plus_gemm function for each dtype it computes in.
+_KERNELS = {torch.float32: "plus_gemm_f32", torch.float64: "plus_gemm_f64"}
 _FLAGS = (["-O3", "-march=native"], ["-O3"])
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -129,10 +130,10 @@ def _build() -> Path:
     src = SOURCE.read_bytes()
     cc, version = _compiler()
     directory = _cache_dir()
+    cpu = _cpu_identity().encode()
     errors = []
     for flags in _FLAGS:
-        key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
-                                         _cpu_identity().encode()])).hexdigest()[:24]
+        key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(), cpu])).hexdigest()[:24]
         lib = directory / f"attnlab_cpu_{key}.so"
         if lib.exists():
             return lib
@@ -163,7 +164,7 @@ def _load() -> ctypes.CDLL | None:
         else:
             try:
                 lib = ctypes.CDLL(str(_build()))
-                for name, t in (("plus_gemm_f32", ctypes.c_float), ("plus_gemm_f64", ctypes.c_double)):
+                for name in _KERNELS.values():
                     fn = getattr(lib, name)
                     fn.restype = ctypes.c_int
                     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
@@ -185,22 +186,11 @@ def status() -> str:
     return str(_state["reason"])
 
 
-def reset() -> None:
-    """Forget the loaded library (tests: to re-read ``ATTNLAB_CPU_KERNELS`` or ``CC``)."""
-    with _lock:
-        _state.clear()
-
-
-@functools.lru_cache(maxsize=None)
-def _fn_name(dtype: torch.dtype) -> str | None:
-    return {torch.float32: "plus_gemm_f32", torch.float64: "plus_gemm_f64"}.get(dtype)
-
-
 def _usable(*ts: torch.Tensor) -> bool:
     return (
         all(type(t) is torch.Tensor and t.device.type == "cpu" and t.layout == torch.strided for t in ts)
         and len({t.dtype for t in ts}) == 1
-        and _fn_name(ts[0].dtype) is not None
+        and ts[0].dtype in _KERNELS
         and _get_current_dispatch_mode() is None
         and not torch.compiler.is_compiling()
     )
@@ -238,7 +228,7 @@ def plus_gemm(base: torch.Tensor, a: torch.Tensor, y: torch.Tensor, stream: bool
     if stream is None:
         stream = (out.numel() * out.element_size() >= STREAM_BYTES and k >= STREAM_MIN_K
                   and (l * out.element_size()) % 4096 != 0)
-    fn = getattr(lib, _fn_name(base.dtype))
+    fn = getattr(lib, _KERNELS[base.dtype])
     err = fn(a.data_ptr(), y.data_ptr(), base.data_ptr(), out.data_ptr(), n, c, k, l, int(stream), threads)
     if err:
         raise RuntimeError(f"plus_gemm: starting a thread failed (error {err})")
