@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .uris import foreign_sqlite, in_memory_sqlite, pinned_sqlite, sqlite_path, sqlite_tables
+from .uris import foreign_sqlite, in_memory_sqlite, pinned_sqlite, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow prints "View run … at: URL" when a run ends on a server; those URLs open the GenAI
@@ -509,11 +509,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if db is not None:
         if not db.is_file():
             raise ConnectionError(f"no MLflow database at {db}")
-        problem = foreign_sqlite(db, "an MLflow store")
+        problem = foreign_sqlite(db, "an MLflow store", set_up=True)
         if problem:
             raise ConnectionError(f"tracking URI {uri}: {problem}")
-        if sqlite_tables(db) == frozenset():
-            raise ConnectionError(f"tracking URI {uri}: {db} holds no MLflow store yet (an empty database)")
         return
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
     if "://" in uri and not uri.startswith("file://"):

@@ -54,23 +54,27 @@ def sqlite_tables(db: Path) -> Optional[frozenset[str]]:
         return None
 
 
-def foreign_sqlite(db: Path, store: str) -> Optional[str]:
+def foreign_sqlite(db: Path, store: str, set_up: bool = False) -> Optional[str]:
     """Why the existing file ``db`` cannot be opened as ``store`` (a key of :data:`STORES`), as
     the tail of a one-line error; None when it can: a SQLite database without tables, with the
-    store's tables, or an empty file SQLite initialises.  Read-only: MLflow and Optuna would
-    otherwise write their schema into another program's database."""
+    store's tables, or an empty file SQLite initialises — with ``set_up`` (a store to read, not
+    to create) only one with the store's tables.  Read-only: MLflow and Optuna would otherwise
+    write their schema into another program's database."""
+    empty = f"{db} holds no {store.split(' ', 1)[1]} yet (an empty database)"
     try:
         with open(db, "rb") as f:
             header = f.read(16)
     except OSError as e:
         return f"cannot read {db}: {e.strerror or e}"
     if not header:
-        return None
+        return empty if set_up else None
     if header != b"SQLite format 3\x00":
         return f"{db} is not an SQLite database (a file of something else)"
     tables = sqlite_tables(db)
     if tables is None:
         return None  # locked or damaged: the store's own error then
+    if set_up and not tables:
+        return empty
     if tables and not STORES[store] <= tables:
         what = next((name for name, marks in STORES.items() if marks <= tables), "tables of something else")
         return f"{db} holds {what}, not {store}"
